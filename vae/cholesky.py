@@ -1,0 +1,185 @@
+r"""The one map between unconstrained entries and a Cholesky factor.
+
+A covariance :math:`\Sigma = L L^\top` is parameterized by the
+:math:`D(D+1)/2` free entries of its lower-triangular factor :math:`L`, filled
+row by row (the order of :func:`torch.tril_indices`). Off-diagonal entries are
+taken as they are; the diagonal goes through a positive map plus a small
+floor, so :math:`L` is never singular:
+
+.. math::
+    L_{ii} = \operatorname{softplus}(u_{ii}) + \epsilon
+    \quad\text{or}\quad L_{ii} = \exp(u_{ii}) + \epsilon.
+
+``softplus`` (the default, as TFP's ``FillScaleTriL``) grows linearly, so a
+large raw value cannot overflow; ``exp`` matches the classic recipe and
+``torch.distributions.transforms.LowerCholeskyTransform``. Its input is clamped
+at :data:`EXP_MAX` so that the factor stays finite in float32.
+
+Every function here runs in at least float32, whatever the input dtype or an
+enclosing autocast region, and none forms an inverse. Both the VAE's encoder
+and the toy :class:`~vae.covariance.CovarianceLearner` use this module.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "DIAG_TRANSFORMS",
+    "DIAG_FLOOR",
+    "EXP_MAX",
+    "tril_size",
+    "dim_from_tril_size",
+    "entries_to_scale_tril",
+    "diag_entries_to_scale_tril",
+    "scale_tril_to_entries",
+    "covariance_to_entries",
+    "log_diag",
+    "logdet_covariance",
+    "mvn_log_prob",
+]
+
+DIAG_TRANSFORMS = ("softplus", "exp")
+DIAG_FLOOR = 1e-5  # added to every diagonal entry: L is never singular
+EXP_MAX = 80.0  # exp(80) ~ 5.5e34 < float32 max; keeps "exp" finite
+
+
+def tril_size(dim: int) -> int:
+    """Number of free entries of a ``dim x dim`` lower-triangular matrix."""
+    _check_dim(dim)
+    return dim * (dim + 1) // 2
+
+
+def dim_from_tril_size(size: int) -> int:
+    """Inverse of :func:`tril_size`; raises ``ValueError`` if ``size`` is not triangular."""
+    dim = (math.isqrt(8 * size + 1) - 1) // 2
+    if size < 1 or dim * (dim + 1) // 2 != size:
+        raise ValueError(f"{size} entries do not fill a lower triangle (need D(D+1)/2)")
+    return dim
+
+
+def _check_dim(dim: int) -> None:
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+        raise ValueError(f"dim must be a positive integer, got {dim!r}")
+
+
+def _check_transform(diag_transform: str) -> None:
+    if diag_transform not in DIAG_TRANSFORMS:
+        raise ValueError(
+            f"unknown diag_transform {diag_transform!r}; choose one of {', '.join(DIAG_TRANSFORMS)}"
+        )
+
+
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype == torch.float64 else x.float()
+
+
+@functools.lru_cache(maxsize=None)
+def _tril_layout(dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat positions in a (D*D) row-major matrix, and a mask of diagonal entries."""
+    rows, cols = torch.tril_indices(dim, dim, device=device)
+    return rows * dim + cols, rows == cols  # (n,), (n,)
+
+
+def _positive(u: torch.Tensor, diag_transform: str) -> torch.Tensor:
+    if diag_transform == "softplus":
+        return F.softplus(u) + DIAG_FLOOR
+    return torch.exp(u.clamp(max=EXP_MAX)) + DIAG_FLOOR
+
+
+def _positive_inverse(d: torch.Tensor, diag_transform: str) -> torch.Tensor:
+    y = d - DIAG_FLOOR
+    if bool((y <= 0).any()):
+        raise ValueError(f"diagonal entries must exceed the floor {DIAG_FLOOR:g}")
+    if diag_transform == "softplus":
+        return y + torch.log(-torch.expm1(-y))  # log(exp(y) - 1), stable for all y > 0
+    return torch.log(y)
+
+
+def entries_to_scale_tril(raw: torch.Tensor, diag_transform: str = "softplus") -> torch.Tensor:
+    r"""Fill a lower-triangular factor with a positive diagonal from free entries.
+
+    Args:
+        raw: unconstrained entries, shape ``(..., D(D+1)/2)``, row-major order.
+        diag_transform: ``"softplus"`` or ``"exp"``.
+
+    Returns:
+        ``scale_tril`` of shape ``(..., D, D)`` in at least float32.
+    """
+    _check_transform(diag_transform)
+    dim = dim_from_tril_size(raw.shape[-1])
+    raw = _at_least_float32(raw)
+    flat_index, diag_mask = _tril_layout(dim, raw.device)
+    values = torch.where(diag_mask, _positive(raw, diag_transform), raw)  # (..., n)
+    flat = raw.new_zeros(*raw.shape[:-1], dim * dim)  # (..., D*D)
+    flat = flat.index_copy(-1, flat_index, values)
+    return flat.view(*raw.shape[:-1], dim, dim)  # (..., D, D)
+
+
+def diag_entries_to_scale_tril(raw: torch.Tensor, diag_transform: str = "softplus") -> torch.Tensor:
+    """A diagonal ``scale_tril`` from ``D`` free entries, shape ``(..., D)`` -> ``(..., D, D)``.
+
+    The same positive map as :func:`entries_to_scale_tril`, for a diagonal posterior.
+    """
+    _check_transform(diag_transform)
+    return torch.diag_embed(_positive(_at_least_float32(raw), diag_transform))
+
+
+def scale_tril_to_entries(scale_tril: torch.Tensor, diag_transform: str = "softplus") -> torch.Tensor:
+    """Inverse of :func:`entries_to_scale_tril`: ``(..., D, D)`` -> ``(..., D(D+1)/2)``.
+
+    Entries above the diagonal are ignored. Raises ``ValueError`` if a diagonal
+    entry is not above the floor :data:`DIAG_FLOOR`.
+    """
+    _check_transform(diag_transform)
+    if scale_tril.dim() < 2 or scale_tril.shape[-1] != scale_tril.shape[-2]:
+        raise ValueError(f"expected square matrices (..., D, D), got shape {tuple(scale_tril.shape)}")
+    dim = scale_tril.shape[-1]
+    scale_tril = _at_least_float32(scale_tril)
+    flat_index, diag_mask = _tril_layout(dim, scale_tril.device)
+    values = scale_tril.reshape(*scale_tril.shape[:-2], dim * dim)[..., flat_index]  # (..., n)
+    diagonal = _positive_inverse(values[..., diag_mask], diag_transform)
+    return values.masked_scatter(diag_mask.expand_as(values), diagonal)
+
+
+def covariance_to_entries(covariance: torch.Tensor, diag_transform: str = "softplus") -> torch.Tensor:
+    """Free entries of the Cholesky factor of an SPD matrix ``(..., D, D)``.
+
+    Raises ``ValueError`` if the matrix is not symmetric positive definite.
+    """
+    covariance = _at_least_float32(covariance)
+    scale_tril, info = torch.linalg.cholesky_ex(covariance)
+    if bool((info != 0).any()):
+        raise ValueError("matrix is not symmetric positive definite")
+    return scale_tril_to_entries(scale_tril, diag_transform)
+
+
+def log_diag(scale_tril: torch.Tensor) -> torch.Tensor:
+    """``log L_ii``, shape ``(..., D, D)`` -> ``(..., D)``."""
+    return torch.log(torch.diagonal(scale_tril, dim1=-2, dim2=-1))
+
+
+def logdet_covariance(scale_tril: torch.Tensor) -> torch.Tensor:
+    r""":math:`\log|\Sigma| = 2 \sum_i \log L_{ii}`, shape ``(..., D, D)`` -> ``(...)``."""
+    return 2.0 * log_diag(scale_tril).sum(-1)
+
+
+def mvn_log_prob(x: torch.Tensor, loc: torch.Tensor, scale_tril: torch.Tensor) -> torch.Tensor:
+    r"""Log-density of :math:`\mathcal N(\text{loc}, L L^\top)` by one triangular solve.
+
+    Args:
+        x: points, shape ``(..., D)``.
+        loc: mean, shape broadcastable to ``(..., D)``.
+        scale_tril: ``L``, shape broadcastable to ``(..., D, D)``.
+
+    Returns:
+        log p(x), shape ``(...)``.
+    """
+    diff = (_at_least_float32(x) - loc).unsqueeze(-1)  # (..., D, 1)
+    # L^{-1} (x - loc) by forward substitution; no inverse is ever formed.
+    eps = torch.linalg.solve_triangular(scale_tril, diff, upper=False).squeeze(-1)  # (..., D)
+    dim = scale_tril.shape[-1]
+    return -0.5 * eps.pow(2).sum(-1) - log_diag(scale_tril).sum(-1) - 0.5 * dim * math.log(2 * math.pi)
