@@ -1,0 +1,1 @@
+"""fullcov-vae: a full-covariance Gaussian VAE and a Cholesky covariance learner."""
