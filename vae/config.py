@@ -1,0 +1,128 @@
+"""Every knob of a training run in one dataclass, and its command line.
+
+Each field becomes a kebab-case flag (``latent_dim`` -> ``--latent-dim``); its
+help text and choices live in the field's metadata. The config is stored as a
+plain dict inside every checkpoint and as ``config.json`` in the run folder.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+__all__ = ["TrainConfig", "ArgumentParser", "add_config_args", "config_from_args", "config_from_dict"]
+
+
+def _knob(default, help: str, choices: tuple | None = None, **kw):
+    return field(default=default, metadata={"help": help, "choices": choices, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """Configuration of one training run (see ``python train.py --help``)."""
+
+    dataset: str = _knob("mnist", "dataset to train on", ("mnist", "fashion-mnist"))
+    data_dir: typing.Optional[str] = _knob(
+        None, "dataset root (torchvision layout); default $VAE_DATA_DIR, else ./data (downloaded)"
+    )
+    limit: typing.Optional[int] = _knob(None, "use only the first N training images")
+    binarize: str = _knob("dynamic", "fresh Bernoulli pixels every batch, or raw intensities", ("dynamic", "none"))
+    latent_dim: int = _knob(20, "latent dimension D")
+    hidden: typing.Tuple[int, ...] = _knob((400,), "hidden widths of encoder and decoder, e.g. --hidden 500 500")
+    posterior: str = _knob("full", "full Cholesky factor, or diagonal", ("full", "diagonal"))
+    diag_transform: str = _knob("softplus", "positive map of the factor's diagonal", ("softplus", "exp"))
+    objective: str = _knob("elbo", "training bound: ELBO, or the importance-weighted bound", ("elbo", "iwae"))
+    k: int = _knob(1, "posterior samples per image (the IWAE's K)")
+    epochs: int = _knob(10, "number of training epochs")
+    batch_size: int = _knob(128, "training batch size")
+    lr: float = _knob(1e-3, "Adam learning rate")
+    grad_clip: typing.Optional[float] = _knob(None, "clip the gradient's global norm to this value")
+    eval_batch_size: int = _knob(1000, "batch size of the per-epoch test evaluation")
+    device: str = _knob("auto", "where to train", ("auto", "cpu", "cuda", "mps"))
+    amp: bool = _knob(False, "bf16 autocast on CUDA (covariance maths stays float32)")
+    compile: bool = _knob(False, "torch.compile the model")
+    seed: int = _knob(0, "random seed")
+    out_dir: str = _knob("checkpoints", "folder holding one sub-folder per run")
+    run_name: typing.Optional[str] = _knob(None, "run folder name; default <dataset>-<posterior>-d<D>-s<seed>")
+    resume: bool = _knob(False, "continue the run in <out-dir>/<run-name> from its last.pt")
+    plots: bool = _knob(True, "write the pictures at the end of training", negatable=True)
+    progress: bool = _knob(True, "show progress bars", negatable=True)
+
+    def __post_init__(self) -> None:
+        self.hidden = tuple(int(h) for h in self.hidden)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` with a one-line message for any impossible value."""
+        for name in ("latent_dim", "k", "epochs", "batch_size", "eval_batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be a positive integer, got {self.limit}")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"--grad-clip must be positive, got {self.grad_clip}")
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ValueError(f"--hidden must list positive widths, got {list(self.hidden)}")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                flag = "--" + f.name.replace("_", "-")
+                raise ValueError(f"{flag} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
+
+    @property
+    def name(self) -> str:
+        """The run folder's name."""
+        return self.run_name or f"{self.dataset}-{self.posterior}-d{self.latent_dim}-s{self.seed}"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls=TrainConfig, with_defaults: bool = True) -> None:
+    """Add one kebab-case flag per field of the dataclass ``cls``.
+
+    With ``with_defaults=False`` the parser's own default applies (use
+    ``argparse.SUPPRESS`` to learn which flags were given).
+    """
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        meta = f.metadata
+        shown = "" if f.default is None else f" (default: {' '.join(map(str, f.default)) if isinstance(f.default, tuple) else f.default})"
+        kwargs = {"help": meta.get("help", "") + shown, "dest": f.name}
+        if with_defaults:
+            kwargs["default"] = f.default
+        if kind is bool and meta.get("negatable"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            continue
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", **kwargs)
+            continue
+        args = typing.get_args(kind)
+        if typing.get_origin(kind) is tuple:
+            kwargs.update(nargs="+", type=args[0], metavar="N")
+        else:
+            base = next((a for a in args if a is not type(None)), kind)  # Optional[X] -> X
+            kwargs.update(type=base, metavar=f.name.upper() if base is not str else None)
+        if meta.get("choices"):
+            kwargs.update(choices=meta["choices"], metavar=None)
+        parser.add_argument(flag, **kwargs)
+
+
+def config_from_args(args: argparse.Namespace, cls=TrainConfig):
+    """Build ``cls`` from the parsed flags."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def config_from_dict(values: dict, cls=TrainConfig):
+    """Rebuild ``cls`` from a stored dict, ignoring keys it does not know."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})

@@ -1,0 +1,138 @@
+"""Datasets as tensors on the device: loading, the data root, binarization.
+
+The whole split sits on the device as one ``(N, 784)`` float tensor in
+[0, 1]; batches are rows picked by a per-epoch permutation. No per-item
+transform and no ``DataLoader`` stand in the training loop.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+import torchvision
+
+__all__ = [
+    "DATASETS",
+    "DataError",
+    "ImageSplit",
+    "resolve_data_dir",
+    "load_split",
+    "binarize",
+    "batch_indices",
+]
+
+DATASETS = {"mnist": torchvision.datasets.MNIST, "fashion-mnist": torchvision.datasets.FashionMNIST}
+IMAGE_PIXELS = 28 * 28
+
+
+class DataError(Exception):
+    """The dataset is missing, unreadable or corrupted; the message says what to do."""
+
+
+@dataclass
+class ImageSplit:
+    """One split of a dataset, resident on a device.
+
+    Attributes:
+        images: pixel intensities in [0, 1], shape ``(N, 784)``, float32.
+        labels: class labels, shape ``(N,)``, int64.
+    """
+
+    images: torch.Tensor  # (N, 784)
+    labels: torch.Tensor  # (N,)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def resolve_data_dir(data_dir: Optional[str] = None) -> Path:
+    """The data root: ``data_dir`` if given, else ``$VAE_DATA_DIR``, else ``./data``."""
+    return Path(data_dir or os.environ.get("VAE_DATA_DIR") or "data")
+
+
+def _torchvision_split(dataset: str, root: Path, train: bool):
+    cls = DATASETS[dataset]
+    folder = root / cls.__name__
+    existed = folder.exists()
+    if all((folder / "raw" / name).is_file() for name in _raw_names(cls)):
+        return cls(str(root), train=train, download=False)
+    hint = (
+        f"{dataset} not found under {folder / 'raw'} and it could not be downloaded; "
+        f"point --data-dir (or VAE_DATA_DIR) at a folder holding {cls.__name__}/raw/*-ubyte"
+    )
+    try:
+        return cls(str(root), train=train, download=True)
+    except (RuntimeError, OSError) as err:  # offline, unwritable root, incomplete download
+        if not existed:
+            _remove_empty_tree(folder)
+        raise DataError(f"{hint} ({str(err).splitlines()[0]})") from None
+
+
+def _raw_names(cls) -> list:
+    return [name.rsplit(".", 1)[0] for name, _ in cls.resources]  # files without ".gz"
+
+
+def _remove_empty_tree(folder: Path) -> None:
+    """Undo the empty folders a failed download left behind."""
+    for path in (folder / "raw", folder):
+        try:
+            path.rmdir()
+        except OSError:
+            return
+
+
+def load_split(
+    dataset: str, data_dir: Optional[str] = None, train: bool = True,
+    limit: Optional[int] = None, device: torch.device | str = "cpu",
+) -> ImageSplit:
+    """Load a split of ``dataset`` as tensors on ``device``.
+
+    Args:
+        dataset: ``"mnist"`` or ``"fashion-mnist"``.
+        data_dir: data root (see :func:`resolve_data_dir`).
+        train: the training split, else the test split.
+        limit: keep only the first ``limit`` images.
+        device: where the tensors live.
+
+    Raises:
+        DataError: the files are missing and cannot be downloaded, or are corrupted.
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    root = resolve_data_dir(data_dir)
+    try:
+        split = _torchvision_split(dataset, root, train)
+        images, labels = split.data, split.targets
+    except (AssertionError, ValueError, KeyError, IndexError, RuntimeError) as err:
+        raise DataError(
+            f"corrupted {dataset} files under {root / DATASETS[dataset].__name__ / 'raw'}: "
+            f"not valid IDX data ({type(err).__name__}: {err or 'bad header'}); "
+            "replace them or point --data-dir at a good copy"
+        ) from None
+    except OSError as err:
+        raise DataError(f"cannot read {dataset} under {root}: {err}") from None
+    if images.dim() != 3 or images.shape[1:] != (28, 28) or len(labels) != len(images):
+        raise DataError(
+            f"corrupted {dataset} files under {root}: images {tuple(images.shape)} "
+            f"do not match labels {tuple(labels.shape)} of 28x28 digits"
+        )
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    images = images.to(device).reshape(-1, IMAGE_PIXELS).float().div_(255.0)  # (N, 784)
+    return ImageSplit(images=images, labels=labels.to(device=device, dtype=torch.long))
+
+
+def binarize(images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Draw every pixel as Bernoulli(intensity): ``(..., 784)`` -> same shape, values in {0, 1}."""
+    return torch.bernoulli(images, generator=generator)
+
+
+def batch_indices(
+    n: int, batch_size: int, generator: torch.Generator, device: torch.device | str = "cpu"
+) -> Iterator[torch.Tensor]:
+    """Yield the rows of one epoch: a fresh permutation cut into batches (the last may be short)."""
+    order = torch.randperm(n, generator=generator, device=device)  # (N,)
+    yield from order.split(batch_size)

@@ -1,0 +1,146 @@
+r"""The full-covariance VAE: encoder -> (loc, scale_tril) -> z = loc + L eps -> decoder.
+
+The encoder's second head emits the :math:`D(D+1)/2` free entries of the
+Cholesky factor (or :math:`D` of them with ``posterior="diagonal"``); the one
+map of :mod:`vae.cholesky` turns them into ``scale_tril``. Everything after
+that — sampling, KL, log-densities — is the same code for both posteriors.
+
+The covariance maths runs in float32 even inside an autocast region; only the
+MLPs run in reduced precision.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+from vae.cholesky import diag_entries_to_scale_tril, entries_to_scale_tril, tril_size
+
+__all__ = ["POSTERIORS", "Encoder", "Decoder", "VAE", "Posterior", "mlp"]
+
+POSTERIORS = ("full", "diagonal")
+
+
+def mlp(sizes: Sequence[int]) -> nn.Sequential:
+    """Linear layers of the given sizes with ReLU between them (and after the last)."""
+    layers = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+class Posterior(NamedTuple):
+    """A reparameterized draw from q(z|x) and the quantities that made it.
+
+    Shapes: ``loc (N, D)``, ``scale_tril (N, D, D)``, ``eps`` and ``z`` ``(N, K, D)``.
+    """
+
+    loc: torch.Tensor
+    scale_tril: torch.Tensor
+    eps: torch.Tensor
+    z: torch.Tensor
+
+
+class Encoder(nn.Module):
+    """x ``(N, in_dim)`` -> ``loc (N, D)`` and raw factor entries ``(N, D(D+1)/2)`` or ``(N, D)``."""
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], latent_dim: int, posterior: str = "full"):
+        super().__init__()
+        self.body = mlp([in_dim, *hidden])
+        self.loc_head = nn.Linear(hidden[-1], latent_dim)
+        n_raw = tril_size(latent_dim) if posterior == "full" else latent_dim
+        self.scale_head = nn.Linear(hidden[-1], n_raw)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body(x)  # (N, H)
+        return self.loc_head(h), self.scale_head(h)
+
+
+class Decoder(nn.Module):
+    """z ``(..., D)`` -> Bernoulli logits ``(..., out_dim)``."""
+
+    def __init__(self, latent_dim: int, hidden: Sequence[int], out_dim: int):
+        super().__init__()
+        self.body = mlp([latent_dim, *hidden])
+        self.head = nn.Linear(hidden[-1], out_dim)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(z))
+
+
+class VAE(nn.Module):
+    r"""Variational autoencoder with a Gaussian posterior :math:`\mathcal N(\text{loc}, L L^\top)`.
+
+    Args:
+        latent_dim: D.
+        hidden: hidden widths of the encoder; the decoder mirrors them.
+        posterior: ``"full"`` (lower-triangular L) or ``"diagonal"``.
+        diag_transform: positive map of L's diagonal, ``"softplus"`` or ``"exp"``.
+        in_dim: pixels per image (784 for MNIST).
+    """
+
+    def __init__(
+        self, latent_dim: int = 20, hidden: Sequence[int] = (400,), posterior: str = "full",
+        diag_transform: str = "softplus", in_dim: int = 784,
+    ):
+        super().__init__()
+        if posterior not in POSTERIORS:
+            raise ValueError(f"unknown posterior {posterior!r}; choose one of {', '.join(POSTERIORS)}")
+        self.posterior = posterior
+        self.diag_transform = diag_transform
+        self.in_dim = in_dim
+        self.encoder = Encoder(in_dim, hidden, latent_dim, posterior)
+        self.decoder = Decoder(latent_dim, tuple(reversed(hidden)), in_dim)
+
+    @property
+    def latent_dim(self) -> int:
+        """D, the dimension of the latent space."""
+        return self.encoder.loc_head.out_features
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior parameters for images ``x`` of shape ``(N, 784)`` or ``(N, 1, 28, 28)`` in [0, 1].
+
+        Returns:
+            ``loc (N, D)`` and ``scale_tril (N, D, D)``, both float32.
+        """
+        loc, raw = self.encoder(x.reshape(x.shape[0], self.in_dim))  # (N, D), (N, n_raw)
+        with torch.autocast(device_type=loc.device.type, enabled=False):
+            to_tril = entries_to_scale_tril if self.posterior == "full" else diag_entries_to_scale_tril
+            return loc.float(), to_tril(raw.float(), self.diag_transform)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Bernoulli logits ``(..., 784)`` for latents ``z`` of shape ``(..., D)``."""
+        return self.decoder(z)
+
+    @staticmethod
+    def reparameterize(loc: torch.Tensor, scale_tril: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw ``k`` samples per input as z = loc + L eps, in one batched matmul.
+
+        Args:
+            loc: ``(N, D)``; scale_tril: ``(N, D, D)``; k: samples per input.
+
+        Returns:
+            ``eps`` and ``z``, each ``(N, K, D)``.
+        """
+        with torch.autocast(device_type=loc.device.type, enabled=False):
+            eps = torch.randn(loc.shape[0], k, loc.shape[1], device=loc.device, dtype=loc.dtype)  # (N, K, D)
+            z = torch.baddbmm(loc.unsqueeze(1), eps, scale_tril.transpose(-1, -2))  # (N, K, D)
+        return eps, z
+
+    def forward(self, x: torch.Tensor, k: int = 1) -> tuple[Posterior, torch.Tensor]:
+        """Encode, draw ``k`` latents per image, decode.
+
+        Returns:
+            the :class:`Posterior` draw and the logits, shape ``(N, K, 784)``.
+        """
+        loc, scale_tril = self.encode(x)
+        eps, z = self.reparameterize(loc, scale_tril, k)
+        return Posterior(loc, scale_tril, eps, z), self.decode(z)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Pixel probabilities ``(n, 784)`` of images decoded from the prior N(0, I)."""
+        device = next(self.parameters()).device
+        z = torch.randn(n, self.latent_dim, device=device, generator=generator)  # (n, D)
+        return torch.sigmoid(self.decode(z).float())

@@ -1,0 +1,98 @@
+r"""Training and evaluation bounds, in nats per image.
+
+With :math:`q(z|x) = \mathcal N(m, L L^\top)` and prior :math:`p(z) = \mathcal N(0, I)`
+the KL divergence has a closed form that needs no solve (Kingma & Welling 2019,
+sec. 2.5):
+
+.. math::
+    \mathrm{KL}(q \,\|\, p) = \tfrac12 \left(\|L\|_F^2 + \|m\|^2 - D\right) - \sum_i \log L_{ii}.
+
+The ELBO (Kingma & Welling 2014, eq. 10) is
+:math:`\mathbb E_q[\log p(x|z)] - \mathrm{KL}`; the importance-weighted bound
+(Burda et al. 2016, eq. 8) is
+:math:`\log \frac1K \sum_k p(x, z_k) / q(z_k|x)`, with
+:math:`\log q(z|x) = -\tfrac12\|\epsilon\|^2 - \sum_i \log L_{ii} - \tfrac D2 \log 2\pi`
+for the model's own draws :math:`z = m + L\epsilon`.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from vae.cholesky import log_diag
+from vae.model import VAE
+
+__all__ = [
+    "Bound",
+    "kl_standard_normal",
+    "bernoulli_log_likelihood",
+    "negative_elbo",
+    "negative_iwae",
+    "log_importance_weights",
+]
+
+class Bound(NamedTuple):
+    """Per-image terms of a bound, each of shape ``(N,)``, in nats.
+
+    ``loss`` is the negative bound; ``recon`` the expected negative
+    log-likelihood of the pixels; ``kl`` the closed-form KL term.
+    """
+
+    loss: torch.Tensor
+    recon: torch.Tensor
+    kl: torch.Tensor
+
+
+def kl_standard_normal(loc: torch.Tensor, scale_tril: torch.Tensor) -> torch.Tensor:
+    """KL(N(loc, L Lᵀ) ‖ N(0, I)) in closed form: ``(N, D), (N, D, D)`` -> ``(N,)``."""
+    frobenius = scale_tril.pow(2).sum((-2, -1))  # (N,)
+    return 0.5 * (frobenius + loc.pow(2).sum(-1) - loc.shape[-1]) - log_diag(scale_tril).sum(-1)
+
+
+def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log p(x|z) summed over pixels: logits ``(N, K, P)``, x ``(N, P)`` -> ``(N, K)``."""
+    target = x.unsqueeze(1).expand_as(logits)
+    return -F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").sum(-1)
+
+
+def negative_elbo(model: VAE, x: torch.Tensor, k: int = 1) -> Bound:
+    """The negative ELBO per image, its reconstruction term averaged over ``k`` draws.
+
+    Args:
+        model: the VAE.
+        x: images ``(N, 784)`` with values in [0, 1] (binary under dynamic binarization).
+        k: posterior samples per image.
+    """
+    posterior, logits = model(x, k)  # logits: (N, K, 784)
+    recon = -bernoulli_log_likelihood(logits, x).mean(1)  # (N,)
+    kl = kl_standard_normal(posterior.loc, posterior.scale_tril)  # (N,)
+    return Bound(recon + kl, recon, kl)
+
+
+def _log_weights(model: VAE, x: torch.Tensor, k: int):
+    posterior, logits = model(x, k)
+    log_px_z = bernoulli_log_likelihood(logits, x)  # (N, K)
+    log_pz = -0.5 * posterior.z.pow(2).sum(-1)  # (N, K); the 2π terms of p and q cancel
+    log_qz = -0.5 * posterior.eps.pow(2).sum(-1) - log_diag(posterior.scale_tril).sum(-1, keepdim=True)
+    return posterior, log_px_z, log_px_z + log_pz - log_qz
+
+
+def log_importance_weights(model: VAE, x: torch.Tensor, k: int) -> torch.Tensor:
+    """log p(x, z_k) - log q(z_k|x) for ``k`` draws per image: ``(N, 784)`` -> ``(N, K)``."""
+    return _log_weights(model, x, k)[2]
+
+
+def negative_iwae(model: VAE, x: torch.Tensor, k: int) -> Bound:
+    """The negative importance-weighted bound per image, with ELBO terms for reporting.
+
+    ``loss`` is ``log k - logsumexp_k(log w_k)``; ``recon`` (averaged over the
+    same ``k`` draws) and the closed-form ``kl`` are reported beside it. At
+    ``k = 1``, ``loss`` is the single-draw ELBO whose KL is the Monte-Carlo term
+    ``log q - log p``: its expectation is :func:`negative_elbo`'s loss.
+    """
+    posterior, log_px_z, log_w = _log_weights(model, x, k)  # (N, K) each
+    loss = math.log(k) - torch.logsumexp(log_w, dim=1)  # (N,)
+    return Bound(loss, -log_px_z.mean(1), kl_standard_normal(posterior.loc, posterior.scale_tril))

@@ -1,0 +1,199 @@
+"""Every picture of a trained VAE, as PNG files.
+
+    python -m vae.visualize checkpoints/<run>/best.pt [--out DIR] [--data-dir DIR]
+
+Writes ``reconstructions.png``, ``samples.png``, ``latent.png``,
+``curves.png`` and, for a 2-D latent space, ``manifold.png`` and
+``ellipses.png``: the 1σ posterior ellipses of test images, tilted where the
+full covariance captures correlation. Figures are drawn with matplotlib's
+object API (no pyplot, no GUI backend).
+"""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from matplotlib.figure import Figure
+
+from vae.checkpoint import CheckpointError, load_checkpoint, load_model
+from vae.config import ArgumentParser, config_from_dict
+from vae.data import DataError, load_split
+from vae.model import VAE
+
+__all__ = [
+    "image_grid", "reconstructions_figure", "samples_figure", "latent_figure",
+    "manifold_figure", "ellipses_figure", "curves_figure", "write_run_pictures", "main",
+]
+
+CMAP = "tab10"
+
+
+def image_grid(images: torch.Tensor, rows: int) -> torch.Tensor:
+    """Tile ``(rows * cols, 784)`` images into one ``(28 rows, 28 cols)`` picture."""
+    cols = images.shape[0] // rows
+    tiles = images[: rows * cols].reshape(rows, cols, 28, 28)
+    return tiles.permute(0, 2, 1, 3).reshape(rows * 28, cols * 28).cpu()
+
+
+def _show(fig: Figure, picture: torch.Tensor, title: str) -> Figure:
+    ax = fig.add_subplot()
+    ax.imshow(picture.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title)
+    ax.axis("off")
+    return fig
+
+
+@torch.no_grad()
+def reconstructions_figure(model: VAE, images: torch.Tensor, n: int = 16) -> Figure:
+    """Test images ``(N, 784)`` (two rows) above their reconstructions from the posterior mean."""
+    x = images[: 2 * (n // 2)]
+    loc, _ = model.encode(x)
+    recon = torch.sigmoid(model.decode(loc).float())
+    picture = image_grid(torch.cat([x, recon]), rows=4)
+    return _show(Figure(figsize=(n / 2.2, 4.6)), picture, "test images (top) and reconstructions (bottom)")
+
+
+@torch.no_grad()
+def samples_figure(model: VAE, n: int = 64, seed: int = 0) -> Figure:
+    """A grid of images decoded from prior samples z ~ N(0, I)."""
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    rows = int(math.sqrt(n))
+    picture = image_grid(model.sample(rows * rows, generator), rows=rows)
+    return _show(Figure(figsize=(6, 6.4)), picture, "samples from the prior")
+
+
+def _project(loc: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """The latent itself for D = 2, else the top-2 principal components: ``(N, D) -> (N, 2)``."""
+    if loc.shape[1] == 2:
+        return loc, "z"
+    centered = loc - loc.mean(0)
+    _, _, vh = torch.linalg.svd(centered, full_matrices=False)
+    return centered @ vh[:2].T, "PC"
+
+
+@torch.no_grad()
+def latent_figure(model: VAE, images: torch.Tensor, labels: torch.Tensor) -> Figure:
+    """Posterior means of test images, coloured by label (PCA when D > 2)."""
+    loc, _ = model.encode(images)
+    points, axis = _project(loc)
+    fig = Figure(figsize=(7, 6))
+    ax = fig.add_subplot()
+    scatter = ax.scatter(*points.cpu().T.numpy(), c=labels.cpu().numpy(), cmap=CMAP, s=2, alpha=0.6)
+    fig.colorbar(scatter, ax=ax, ticks=range(10), label="label")
+    ax.set_xlabel(f"{axis}1")
+    ax.set_ylabel(f"{axis}2")
+    title = "latent space" if axis == "z" else f"PCA of posterior means (D = {loc.shape[1]})"
+    ax.set_title(f"{title}, test set")
+    return fig
+
+
+@torch.no_grad()
+def manifold_figure(model: VAE, n: int = 20) -> Figure:
+    """For D = 2: images decoded over a grid of prior quantiles 5%..95%."""
+    device = next(model.parameters()).device
+    q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n)).to(device)
+    grid = torch.stack(torch.meshgrid(q, q.flip(0), indexing="xy"), -1).reshape(-1, 2)  # (n*n, 2)
+    picture = image_grid(torch.sigmoid(model.decode(grid).float()), rows=n)
+    return _show(Figure(figsize=(8, 8.4)), picture, "decoded manifold over prior quantiles")
+
+
+@torch.no_grad()
+def ellipses_figure(model: VAE, images: torch.Tensor, labels: torch.Tensor, n: int = 30) -> Figure:
+    """For D = 2: 1σ posterior ellipses {loc + L u : |u| = 1} of ``n`` test images over the scatter."""
+    loc, scale_tril = model.encode(images)
+    fig = Figure(figsize=(7, 6))
+    ax = fig.add_subplot()
+    labels = labels.cpu().numpy()
+    scatter = ax.scatter(*loc.cpu().T.numpy(), c=labels, cmap=CMAP, s=2, alpha=0.25)
+    t = torch.linspace(0, 2 * math.pi, 100, device=loc.device)
+    circle = torch.stack([t.cos(), t.sin()])  # (2, 100)
+    picks = torch.linspace(0, len(loc) - 1, n).long()
+    cmap = scatter.get_cmap()
+    for i in picks.tolist():
+        outline = loc[i, :, None] + scale_tril[i] @ circle  # (2, 100): the 1σ contour
+        ax.plot(*outline.cpu().numpy(), color=cmap(scatter.norm(labels[i])), lw=1.5)
+        ax.plot(*loc[i].cpu().numpy(), "k.", ms=3)
+    fig.colorbar(scatter, ax=ax, ticks=range(10), label="label")
+    ax.set_xlabel("z1")
+    ax.set_ylabel("z2")
+    ax.set_title(f"1σ posterior ellipses of {n} test images")
+    return fig
+
+
+def curves_figure(metrics: Sequence[dict]) -> Figure:
+    """Train and test -ELBO, and the test reconstruction and KL terms, per epoch."""
+    epochs = [row["epoch"] for row in metrics]
+    fig = Figure(figsize=(11, 4))
+    left, right = fig.subplots(1, 2)
+    left.plot(epochs, [row["train_neg_elbo"] for row in metrics], "o-", label="train")
+    left.plot(epochs, [row["test_neg_elbo"] for row in metrics], "o-", label="test")
+    left.set_ylabel("-ELBO (nats per image)")
+    right.plot(epochs, [row["test_recon"] for row in metrics], "o-", label="reconstruction")
+    right.plot(epochs, [row["test_kl"] for row in metrics], "o-", label="KL")
+    right.set_ylabel("test term (nats per image)")
+    for ax in (left, right):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("training curves")
+    fig.tight_layout()
+    return fig
+
+
+def write_run_pictures(
+    checkpoint: str | Path, out_dir: str | Path, data_dir: Optional[str] = None, device: str = "cpu",
+) -> list[Path]:
+    """Draw every picture of a checkpoint into ``out_dir`` and return the PNG paths.
+
+    Raises:
+        CheckpointError: the checkpoint cannot be loaded.
+        vae.data.DataError: the test set cannot be loaded.
+    """
+    state = load_checkpoint(checkpoint)
+    config = config_from_dict(state["config"])
+    model = load_model(checkpoint, map_location=device)
+    test = load_split(config.dataset, data_dir or config.data_dir, train=False, device=device)
+    figures = {
+        "reconstructions": reconstructions_figure(model, test.images),
+        "samples": samples_figure(model),
+        "latent": latent_figure(model, test.images, test.labels),
+        "curves": curves_figure(state["metrics"]),
+    }
+    if model.latent_dim == 2:
+        figures["manifold"] = manifold_figure(model)
+        figures["ellipses"] = ellipses_figure(model, test.images, test.labels)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, fig in figures.items():
+        paths.append(out_dir / f"{name}.png")
+        fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
+    return paths
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = ArgumentParser(prog="python -m vae.visualize", description="Draw every picture of a trained VAE.")
+    parser.add_argument("checkpoint", help="a best.pt or last.pt written by train.py")
+    parser.add_argument("--out", help="folder for the PNGs (default: the checkpoint's folder)")
+    parser.add_argument("--data-dir", help="dataset root (default: the run's, else $VAE_DATA_DIR, else ./data)")
+    args = parser.parse_args(argv)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent
+    try:
+        paths = write_run_pictures(args.checkpoint, out, args.data_dir)
+    except DataError as err:
+        parser.error(str(err))
+    except OSError as err:
+        parser.error(f"cannot write pictures to {out}: {err.strerror or err}")
+    except CheckpointError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 1
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
