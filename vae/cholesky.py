@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "DIAG_TRANSFORMS",
+    "at_least_float32",
     "DIAG_FLOOR",
     "EXP_MAX",
     "tril_size",
@@ -73,7 +74,8 @@ def _check_transform(diag_transform: str) -> None:
         )
 
 
-def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32, unless it is already float64 (the dtype of all covariance maths)."""
     return x if x.dtype == torch.float64 else x.float()
 
 
@@ -111,7 +113,7 @@ def entries_to_scale_tril(raw: torch.Tensor, diag_transform: str = "softplus") -
     """
     _check_transform(diag_transform)
     dim = dim_from_tril_size(raw.shape[-1])
-    raw = _at_least_float32(raw)
+    raw = at_least_float32(raw)
     flat_index, diag_mask = _tril_layout(dim, raw.device)
     values = torch.where(diag_mask, _positive(raw, diag_transform), raw)  # (..., n)
     flat = raw.new_zeros(*raw.shape[:-1], dim * dim)  # (..., D*D)
@@ -125,7 +127,7 @@ def diag_entries_to_scale_tril(raw: torch.Tensor, diag_transform: str = "softplu
     The same positive map as :func:`entries_to_scale_tril`, for a diagonal posterior.
     """
     _check_transform(diag_transform)
-    return torch.diag_embed(_positive(_at_least_float32(raw), diag_transform))
+    return torch.diag_embed(_positive(at_least_float32(raw), diag_transform))
 
 
 def scale_tril_to_entries(scale_tril: torch.Tensor, diag_transform: str = "softplus") -> torch.Tensor:
@@ -138,7 +140,7 @@ def scale_tril_to_entries(scale_tril: torch.Tensor, diag_transform: str = "softp
     if scale_tril.dim() < 2 or scale_tril.shape[-1] != scale_tril.shape[-2]:
         raise ValueError(f"expected square matrices (..., D, D), got shape {tuple(scale_tril.shape)}")
     dim = scale_tril.shape[-1]
-    scale_tril = _at_least_float32(scale_tril)
+    scale_tril = at_least_float32(scale_tril)
     flat_index, diag_mask = _tril_layout(dim, scale_tril.device)
     values = scale_tril.reshape(*scale_tril.shape[:-2], dim * dim)[..., flat_index]  # (..., n)
     diagonal = _positive_inverse(values[..., diag_mask], diag_transform)
@@ -150,7 +152,7 @@ def covariance_to_entries(covariance: torch.Tensor, diag_transform: str = "softp
 
     Raises ``ValueError`` if the matrix is not symmetric positive definite.
     """
-    covariance = _at_least_float32(covariance)
+    covariance = at_least_float32(covariance)
     scale_tril, info = torch.linalg.cholesky_ex(covariance)
     if bool((info != 0).any()):
         raise ValueError("matrix is not symmetric positive definite")
@@ -178,7 +180,7 @@ def mvn_log_prob(x: torch.Tensor, loc: torch.Tensor, scale_tril: torch.Tensor) -
     Returns:
         log p(x), shape ``(...)``.
     """
-    diff = (_at_least_float32(x) - loc).unsqueeze(-1)  # (..., D, 1)
+    diff = (at_least_float32(x) - loc).unsqueeze(-1)  # (..., D, 1)
     # L^{-1} (x - loc) by forward substitution; no inverse is ever formed.
     eps = torch.linalg.solve_triangular(scale_tril, diff, upper=False).squeeze(-1)  # (..., D)
     dim = scale_tril.shape[-1]

@@ -15,7 +15,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
-from vae.cholesky import diag_entries_to_scale_tril, entries_to_scale_tril, tril_size
+from vae.cholesky import at_least_float32, diag_entries_to_scale_tril, entries_to_scale_tril, tril_size
 
 __all__ = ["POSTERIORS", "Encoder", "Decoder", "VAE", "Posterior", "mlp"]
 
@@ -107,7 +107,7 @@ class VAE(nn.Module):
         loc, raw = self.encoder(x.reshape(x.shape[0], self.in_dim))  # (N, D), (N, n_raw)
         with torch.autocast(device_type=loc.device.type, enabled=False):
             to_tril = entries_to_scale_tril if self.posterior == "full" else diag_entries_to_scale_tril
-            return loc.float(), to_tril(raw.float(), self.diag_transform)
+            return at_least_float32(loc), to_tril(raw, self.diag_transform)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Bernoulli logits ``(..., 784)`` for latents ``z`` of shape ``(..., D)``."""

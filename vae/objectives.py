@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from vae.cholesky import log_diag
+from vae.cholesky import at_least_float32, log_diag
 from vae.model import VAE
 
 __all__ = [
@@ -55,7 +55,7 @@ def kl_standard_normal(loc: torch.Tensor, scale_tril: torch.Tensor) -> torch.Ten
 def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """log p(x|z) summed over pixels: logits ``(N, K, P)``, x ``(N, P)`` -> ``(N, K)``."""
     target = x.unsqueeze(1).expand_as(logits)
-    return -F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").sum(-1)
+    return -F.binary_cross_entropy_with_logits(at_least_float32(logits), target, reduction="none").sum(-1)
 
 
 def negative_elbo(model: VAE, x: torch.Tensor, k: int = 1) -> Bound:

@@ -1,0 +1,55 @@
+"""Shared fixtures: the real data root, and a tiny MNIST written in torchvision's raw IDX layout."""
+from __future__ import annotations
+
+import os
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def real_data_dir() -> Path:
+    """``$VAE_DATA_DIR``, else ``../shared/data`` beside the repository."""
+    return Path(os.environ.get("VAE_DATA_DIR") or REPO.parent / "shared" / "data")
+
+
+def write_idx(path: Path, array: torch.Tensor) -> None:
+    """Write a uint8 tensor as an IDX file (magic 0x0000080N, big-endian sizes)."""
+    header = struct.pack(">I", 0x0800 | array.dim()) + b"".join(struct.pack(">I", s) for s in array.shape)
+    path.write_bytes(header + array.to(torch.uint8).contiguous().numpy().tobytes())
+
+
+def write_fake_mnist(root: Path, n_train: int = 96, n_test: int = 40, seed: int = 0) -> Path:
+    """A tiny random MNIST under ``root/MNIST/raw``; returns ``root``."""
+    g = torch.Generator().manual_seed(seed)
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", torch.randint(0, 256, (n, 28, 28), generator=g))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", torch.randint(0, 10, (n,), generator=g))
+    return root
+
+
+@pytest.fixture
+def fake_mnist(tmp_path: Path) -> Path:
+    return write_fake_mnist(tmp_path / "data")
+
+
+@pytest.fixture
+def real_data() -> Path:
+    root = real_data_dir()
+    if not (root / "MNIST" / "raw" / "t10k-images-idx3-ubyte").is_file():
+        pytest.skip(f"real MNIST not found under {root} (set VAE_DATA_DIR)")
+    return root
+
+
+def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: float = 600):
+    """Run a command of this repository with the current interpreter; return the CompletedProcess."""
+    import subprocess
+
+    full_env = {**os.environ, "MPLBACKEND": "Agg", **(env or {})}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,143 @@
+"""The VAE's shapes, its closed-form KL and log-densities, sampling, and gradients."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Bernoulli, MultivariateNormal, kl_divergence
+
+from vae.cholesky import entries_to_scale_tril, tril_size
+from vae.model import VAE
+from vae.objectives import kl_standard_normal, log_importance_weights, negative_elbo, negative_iwae
+
+
+@pytest.fixture
+def model() -> VAE:
+    torch.manual_seed(0)
+    return VAE(latent_dim=5, hidden=(32, 16)).double()
+
+
+def test_shapes_for_flat_and_image_input(model):
+    x = torch.rand(7, 1, 28, 28, dtype=torch.float64)
+    loc, scale_tril = model.encode(x)
+    assert loc.shape == (7, 5) and scale_tril.shape == (7, 5, 5)
+    loc_flat, _ = model.encode(x.reshape(7, 784))
+    torch.testing.assert_close(loc, loc_flat)
+    assert model.decode(loc).shape == (7, 784)
+    posterior, logits = model(x.reshape(7, 784), k=3)
+    assert posterior.z.shape == posterior.eps.shape == (7, 3, 5)
+    assert logits.shape == (7, 3, 784)
+    assert model.latent_dim == 5
+    assert model.encoder.scale_head.out_features == tril_size(5)
+
+
+def test_scale_tril_is_lower_triangular_with_positive_diagonal(model):
+    _, scale_tril = model.encode(torch.rand(4, 784, dtype=torch.float64))
+    assert torch.equal(scale_tril, scale_tril.tril())
+    assert (torch.diagonal(scale_tril, dim1=-2, dim2=-1) > 0).all()
+    assert (scale_tril.tril(-1) != 0).any()  # a full factor, not a diagonal one
+
+
+def test_diagonal_posterior_uses_the_same_path_with_a_diagonal_factor():
+    model = VAE(latent_dim=4, hidden=(16,), posterior="diagonal")
+    assert model.encoder.scale_head.out_features == 4
+    _, scale_tril = model.encode(torch.rand(3, 784))
+    assert torch.equal(scale_tril, torch.diag_embed(torch.diagonal(scale_tril, dim1=-2, dim2=-1)))
+    assert negative_elbo(model, torch.rand(3, 784).bernoulli()).loss.shape == (3,)
+
+
+def test_closed_form_kl_matches_torch_distributions():
+    torch.manual_seed(1)
+    loc = torch.randn(6, 4, dtype=torch.float64)
+    scale_tril = entries_to_scale_tril(torch.randn(6, tril_size(4), dtype=torch.float64))
+    prior = MultivariateNormal(torch.zeros(4, dtype=torch.float64), scale_tril=torch.eye(4, dtype=torch.float64))
+    expected = kl_divergence(MultivariateNormal(loc, scale_tril=scale_tril), prior)
+    torch.testing.assert_close(kl_standard_normal(loc, scale_tril), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_closed_form_kl_matches_a_monte_carlo_estimate():
+    torch.manual_seed(2)
+    loc = torch.randn(1, 3, dtype=torch.float64)
+    scale_tril = entries_to_scale_tril(torch.randn(1, tril_size(3), dtype=torch.float64))
+    q = MultivariateNormal(loc[0], scale_tril=scale_tril[0])
+    z = q.sample((400_000,))
+    prior = MultivariateNormal(torch.zeros(3, dtype=torch.float64), scale_tril=torch.eye(3, dtype=torch.float64))
+    samples = q.log_prob(z) - prior.log_prob(z)
+    stderr = samples.std() / math.sqrt(len(z))
+    assert abs(samples.mean() - kl_standard_normal(loc, scale_tril)[0]) < 4 * stderr
+
+
+def test_importance_weights_match_torch_distributions(model):
+    x = torch.rand(5, 784, dtype=torch.float64).bernoulli()
+    torch.manual_seed(3)
+    log_w = log_importance_weights(model, x, k=4)  # (5, 4)
+    torch.manual_seed(3)
+    posterior, logits = model(x, k=4)
+    q = MultivariateNormal(posterior.loc.unsqueeze(1), scale_tril=posterior.scale_tril.unsqueeze(1))
+    prior = MultivariateNormal(torch.zeros(5, dtype=torch.float64), scale_tril=torch.eye(5, dtype=torch.float64))
+    expected = (Bernoulli(logits=logits).log_prob(x.unsqueeze(1)).sum(-1)
+                + prior.log_prob(posterior.z) - q.log_prob(posterior.z))
+    torch.testing.assert_close(log_w, expected, rtol=1e-10, atol=1e-8)
+
+
+def test_iwae_with_one_sample_is_the_elbo(model):
+    x = torch.rand(64, 784, dtype=torch.float64).bernoulli()
+    torch.manual_seed(4)
+    iwae = negative_iwae(model, x, k=1)
+    torch.manual_seed(4)
+    posterior, logits = model(x, k=1)
+    # same draw: recon + the Monte-Carlo KL log q - log p
+    log_qz = MultivariateNormal(posterior.loc, scale_tril=posterior.scale_tril).log_prob(posterior.z[:, 0])
+    log_pz = MultivariateNormal(torch.zeros(5, dtype=torch.float64),
+                                scale_tril=torch.eye(5, dtype=torch.float64)).log_prob(posterior.z[:, 0])
+    recon = -Bernoulli(logits=logits[:, 0]).log_prob(x).sum(-1)
+    torch.testing.assert_close(iwae.loss, recon + log_qz - log_pz, rtol=1e-10, atol=1e-8)
+    # in expectation it is the ELBO with the closed-form KL
+    draws = torch.stack([negative_iwae(model, x, 1).loss - negative_elbo(model, x).loss for _ in range(200)])
+    assert abs(draws.mean()) < 4 * draws.std() / math.sqrt(draws.numel())
+
+
+def test_iwae_bound_tightens_with_k(model):
+    x = torch.rand(16, 784, dtype=torch.float64).bernoulli()
+    torch.manual_seed(5)
+    elbo = negative_elbo(model, x, k=200).loss.mean()
+    iwae = negative_iwae(model, x, k=200).loss.mean()
+    assert iwae < elbo
+
+
+def test_samples_have_covariance_scale_tril_times_its_transpose():
+    torch.manual_seed(6)
+    loc = torch.tensor([[1.0, -2.0, 0.5]], dtype=torch.float64)
+    scale_tril = torch.tensor([[[1.0, 0, 0], [0.8, 0.5, 0], [-0.3, 1.2, 0.7]]], dtype=torch.float64)
+    _, z = VAE.reparameterize(loc, scale_tril, k=200_000)  # (1, K, 3)
+    torch.testing.assert_close(z[0].mean(0), loc[0], atol=0.02, rtol=0)
+    torch.testing.assert_close(torch.cov(z[0].T), scale_tril[0] @ scale_tril[0].T, atol=0.03, rtol=0)
+
+
+def test_gradients_reach_every_entry_of_the_factor(model):
+    x = torch.rand(32, 784, dtype=torch.float64).bernoulli()
+    negative_elbo(model, x).loss.sum().backward()
+    grad = model.encoder.scale_head.weight.grad  # one row per free entry of L
+    assert grad.shape[0] == tril_size(5)
+    assert (grad.abs().sum(1) > 0).all()
+    assert (model.encoder.scale_head.bias.grad != 0).all()
+
+
+def test_covariance_maths_stays_float32_under_autocast():
+    model = VAE(latent_dim=3, hidden=(16,))
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        posterior, logits = model(torch.rand(4, 784), k=2)
+    assert posterior.scale_tril.dtype == posterior.loc.dtype == posterior.z.dtype == torch.float32
+    assert logits.dtype == torch.bfloat16  # the MLP itself did run in reduced precision
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_autocast_step():
+    model = VAE(latent_dim=8, hidden=(64,)).cuda()
+    x = torch.rand(16, 784, device="cuda").bernoulli()
+    with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+        bound = negative_elbo(model, x)
+    assert bound.loss.dtype == torch.float32 and torch.isfinite(bound.loss).all()
+    bound.loss.mean().backward()
+    assert all(p.grad is not None and p.grad.device.type == "cuda" for p in model.parameters())

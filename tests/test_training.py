@@ -1,0 +1,126 @@
+"""Training end to end: the real loading code on a tiny IDX MNIST, resume, the CLI on real data."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+import vae
+from tests.conftest import run_cli
+from vae.checkpoint import load_checkpoint
+from vae.config import TrainConfig
+from vae.data import DataError, load_split
+from vae.training import METRIC_COLUMNS, resume_config, train
+
+TIMING_COLUMNS = {"images_per_s", "train_seconds"}
+
+
+def tiny_config(data_dir: Path, out_dir: Path, **overrides) -> TrainConfig:
+    base = dict(data_dir=str(data_dir), out_dir=str(out_dir), latent_dim=3, hidden=(32,), epochs=1,
+                batch_size=16, eval_batch_size=16, device="cpu", progress=False, plots=False, run_name="tiny")
+    return TrainConfig(**{**base, **overrides})
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_real_loader_reads_idx_files(fake_mnist):
+    split = load_split("mnist", str(fake_mnist), train=True)
+    assert split.images.shape == (96, 784) and split.labels.shape == (96,)
+    assert 0 <= split.images.min() and split.images.max() <= 1
+    assert load_split("mnist", str(fake_mnist), train=False, limit=10).images.shape == (10, 784)
+
+
+def test_one_epoch_end_to_end(fake_mnist, tmp_path):
+    run_dir = train(tiny_config(fake_mnist, tmp_path / "runs"), log=lambda *_: None)
+    assert {p.name for p in run_dir.iterdir()} >= {"metrics.csv", "config.json", "last.pt", "best.pt"}
+    rows = read_metrics(run_dir)
+    assert len(rows) == 1 and tuple(rows[0]) == METRIC_COLUMNS
+    assert rows[0]["epoch"] == "1" and rows[0]["step"] == "6"  # 96 images / batch 16
+    assert 0 < float(rows[0]["test_neg_elbo"]) < 1e4 and float(rows[0]["train_seconds"]) > 0
+    state = load_checkpoint(run_dir / "last.pt")
+    assert set(state) >= {"model", "optimizer", "config", "epoch", "step", "rng", "metrics"}
+    assert state["config"]["latent_dim"] == 3
+    model = vae.load_model(run_dir / "best.pt")
+    assert not model.training and model.latent_dim == 3
+    loc, scale_tril = model.encode(torch.rand(2, 1, 28, 28))
+    assert loc.shape == (2, 3) and scale_tril.shape == (2, 3, 3)
+    assert model.decode(loc).shape == (2, 784)
+
+
+@pytest.mark.parametrize("objective,k", [("elbo", 1), ("iwae", 3)])
+def test_resume_ends_exactly_where_an_uninterrupted_run_does(fake_mnist, tmp_path, objective, k):
+    quiet = lambda *_: None
+    kwargs = dict(objective=objective, k=k, epochs=3)
+    straight = train(tiny_config(fake_mnist, tmp_path / "a", **kwargs), log=quiet)
+    first = train(tiny_config(fake_mnist, tmp_path / "b", **{**kwargs, "epochs": 1}), log=quiet)
+    resumed_config = resume_config(tiny_config(fake_mnist, tmp_path / "b", resume=True, epochs=3), {"epochs", "resume"})
+    assert resumed_config.epochs == 3 and resumed_config.objective == objective
+    resumed = train(resumed_config, log=quiet)
+    assert resumed == first
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
+    assert a["epoch"] == b["epoch"] == 3
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]
+    assert strip(read_metrics(straight)) == strip(read_metrics(resumed))
+
+
+def test_resume_refuses_a_flag_that_changes_the_model(fake_mnist, tmp_path):
+    train(tiny_config(fake_mnist, tmp_path), log=lambda *_: None)
+    with pytest.raises(ValueError, match="--latent-dim"):
+        resume_config(tiny_config(fake_mnist, tmp_path, resume=True, latent_dim=4), {"latent_dim", "resume"})
+
+
+def test_missing_data_is_one_clear_message(tmp_path):
+    with pytest.raises(DataError, match="--data-dir"):
+        load_split("mnist", str(tmp_path / "nowhere"))
+    result = run_cli("train.py", "--data-dir", str(tmp_path / "nowhere"), "--device", "cpu", "--out-dir", str(tmp_path))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(tmp_path / "nowhere") in lines[0] and "--data-dir" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "nowhere" / "MNIST").exists()  # the failed download left nothing behind
+
+
+def test_cli_refuses_to_overwrite_a_run_and_bad_flags(fake_mnist, tmp_path):
+    args = ["train.py", "--data-dir", str(fake_mnist), "--out-dir", str(tmp_path), "--run-name", "r",
+            "--latent-dim", "2", "--hidden", "16", "--epochs", "1", "--no-plots", "--no-progress", "--device", "cpu"]
+    assert run_cli(*args).returncode == 0
+    before = (tmp_path / "r" / "last.pt").read_bytes()
+    again = run_cli(*args)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    assert (tmp_path / "r" / "last.pt").read_bytes() == before
+    for bad in (["--epochs", "0"], ["--lr", "-1"], ["--batch-size", "0"], ["--latent-dim", "0"], ["--k", "0"]):
+        result = run_cli("train.py", "--data-dir", str(fake_mnist), "--out-dir", str(tmp_path), *bad)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, bad
+
+
+def test_cli_short_run_on_real_mnist_writes_every_picture(real_data, tmp_path):
+    result = run_cli("train.py", "--dataset", "mnist", "--data-dir", str(real_data), "--limit", "2000",
+                     "--epochs", "1", "--latent-dim", "2", "--out-dir", str(tmp_path), "--run-name", "d2",
+                     "--device", "cpu", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "d2"
+    for name in ("reconstructions", "samples", "latent", "curves", "manifold", "ellipses"):
+        png = run_dir / f"{name}.png"
+        assert png.is_file() and png.stat().st_size > 5000, name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    row = read_metrics(run_dir)[0]
+    assert float(row["test_neg_elbo"]) < 300  # learning happened (untrained: ~545 nats)
+    out = tmp_path / "pics"
+    viz = run_cli("-m", "vae.visualize", str(run_dir / "best.pt"), "--out", str(out))
+    assert viz.returncode == 0, viz.stderr
+    assert (out / "ellipses.png").stat().st_size > 5000
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_amp_epoch(fake_mnist, tmp_path):
+    run_dir = train(tiny_config(fake_mnist, tmp_path, device="cuda", amp=True), log=lambda *_: None)
+    assert float(read_metrics(run_dir)[0]["test_neg_elbo"]) > 0
+    assert vae.load_model(run_dir / "last.pt", map_location="cuda").encode(torch.rand(2, 784, device="cuda"))[1].dtype == torch.float32
