@@ -29,7 +29,7 @@ from vae.objectives import Bound, negative_elbo, negative_iwae
 
 __all__ = [
     "TEST_BINARIZATION_SEED", "METRIC_COLUMNS", "NonFiniteLossError", "resolve_device",
-    "autocast", "evaluate", "train",
+    "autocast", "evaluate", "train_epoch", "resume_config", "train",
 ]
 
 TEST_BINARIZATION_SEED = 20151101  # the test set is binarized once, the same for every run
@@ -131,8 +131,24 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
     _write_text_atomic(path, buf.getvalue())
 
 
-def _train_epoch(model, step_model, optimizer, data: ImageSplit, config, device, data_gen, epoch, step):
-    """One pass over the training set. Returns (sums tensor, steps done, seconds)."""
+def train_epoch(
+    model: VAE, step_model, optimizer: torch.optim.Optimizer, data: ImageSplit, config: TrainConfig,
+    device: torch.device, data_gen: torch.Generator, epoch: int = 1, step: int = 0,
+) -> tuple[torch.Tensor, int, float]:
+    """One pass over the training set in shuffled batches.
+
+    Args:
+        model: the VAE whose parameters are clipped; step_model: it, or its compiled twin.
+        data: the training split on ``device``; data_gen: the generator of permutations
+            and binarization draws; epoch, step: for messages.
+
+    Returns:
+        the mean loss, -ELBO, reconstruction and KL terms ``(4,)``, the number of
+        steps, and the wall time in seconds.
+
+    Raises:
+        NonFiniteLossError: a step's loss was NaN or Inf.
+    """
     loss_fn = _bound(config)
     sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, neg_elbo, recon, kl
     first_bad = torch.full((), -1, device=device, dtype=torch.long)
@@ -244,7 +260,7 @@ def train(config: TrainConfig, log=print) -> Path:
     _write_text_atomic(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
     for epoch in range(start_epoch, config.epochs + 1):
         model.train()
-        train_means, n_steps, seconds = _train_epoch(
+        train_means, n_steps, seconds = train_epoch(
             model, step_model, optimizer, train_data, config, device, data_gen, epoch, step)
         step += n_steps
         loss, neg_elbo, recon, kl = train_means.tolist()

@@ -1,0 +1,161 @@
+"""Training throughput: our VAE (full and diagonal posteriors) against the classic PyTorch example.
+
+    python benchmarks/throughput.py [--data-dir DIR] [--device cpu] [--epochs 1]
+
+Measures, in one process on one machine:
+
+* the **reference**: the classic PyTorch VAE example (784-400-(20, 20), diagonal
+  posterior, torchvision MNIST through a ``DataLoader`` with ``ToTensor()``,
+  batch 128, Adam 1e-3), written out below;
+* **ours**: ``vae.training.train_epoch`` at hidden 400, batch 128, for full and
+  diagonal posteriors at D in {2, 20, 64};
+* a plain float32 matmul's GFLOP/s, at the model's largest layer shape
+  (128 x 784 @ 784 x 400) and at 2048^3, to judge the achieved FLOP rate.
+
+and prints a markdown table with the three target ratios at 784-400-20.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vae.config import TrainConfig  # noqa: E402
+from vae.data import load_split, resolve_data_dir  # noqa: E402
+from vae.model import VAE  # noqa: E402
+from vae.training import resolve_device, train_epoch  # noqa: E402
+
+
+class ClassicVAE(nn.Module):
+    """The model of pytorch/examples vae/main.py, re-typed for this benchmark."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc21, self.fc22 = nn.Linear(784, 400), nn.Linear(400, 20), nn.Linear(400, 20)
+        self.fc3, self.fc4 = nn.Linear(20, 400), nn.Linear(400, 784)
+
+    def forward(self, x):
+        h = F.relu(self.fc1(x.view(-1, 784)))
+        mu, logvar = self.fc21(h), self.fc22(h)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return torch.sigmoid(self.fc4(F.relu(self.fc3(z)))), mu, logvar
+
+
+def classic_epoch(data_dir: Path, device: torch.device, limit: int | None) -> tuple[float, int]:
+    """One epoch of the classic example; returns (seconds, images)."""
+    dataset = torchvision.datasets.MNIST(str(data_dir), train=True, transform=torchvision.transforms.ToTensor())
+    if limit:
+        dataset = torch.utils.data.Subset(dataset, range(limit))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=128, shuffle=True)
+    model = ClassicVAE().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    start = time.perf_counter()
+    for x, _ in loader:
+        x = x.to(device)
+        recon, mu, logvar = model(x)
+        bce = F.binary_cross_entropy(recon, x.view(-1, 784), reduction="sum")
+        kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())  # Kingma & Welling 2014, appendix B
+        optimizer.zero_grad()
+        (bce + kld).backward()
+        optimizer.step()
+    _sync(device)
+    return time.perf_counter() - start, len(dataset)
+
+
+def our_epoch(train_data, device, latent_dim: int, posterior: str) -> tuple[float, int]:
+    """One epoch of vae.training.train_epoch; returns (seconds, images)."""
+    config = TrainConfig(latent_dim=latent_dim, hidden=(400,), posterior=posterior, batch_size=128,
+                         lr=1e-3, device=str(device), progress=False)
+    torch.manual_seed(0)
+    model = VAE(latent_dim, (400,), posterior).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    data_gen = torch.Generator(device=device).manual_seed(0)
+    _, _, seconds = train_epoch(model, model, optimizer, train_data, config, device, data_gen)
+    return seconds, len(train_data)
+
+
+def training_flops(latent_dim: int, posterior: str, hidden: int = 400, pixels: int = 784) -> float:
+    """Matmul FLOPs of one training image: forward 2mn per layer, backward 4mn (2mn for the input layer)."""
+    n_raw = latent_dim * (latent_dim + 1) // 2 if posterior == "full" else latent_dim
+    layers = [(pixels, hidden), (hidden, latent_dim), (hidden, n_raw), (latent_dim, hidden), (hidden, pixels)]
+    flops = sum(6 * m * n for m, n in layers) - 2 * pixels * hidden  # no input gradient for the data
+    return flops + 6 * latent_dim * latent_dim  # z = loc + L eps, forward and backward
+
+
+def matmul_gflops(device, m: int, k: int, n: int, seconds: float = 1.0) -> float:
+    a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    _sync(device)
+    return 2 * m * k * n * count / (time.perf_counter() - start) / 1e9
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=None, help="dataset root (default $VAE_DATA_DIR, else ./data)")
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--latent-dims", type=int, nargs="+", default=[2, 20, 64])
+    parser.add_argument("--limit", type=int, default=None, help="images per epoch (default: all 60,000)")
+    parser.add_argument("--repeats", type=int, default=2, help="epochs timed per setting; the fastest counts")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    data_dir = resolve_data_dir(args.data_dir)
+    train_data = load_split("mnist", str(data_dir), train=True, limit=args.limit, device=device)
+
+    print(f"# throughput on {device} ({_machine(device)}), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, batch 128, hidden 400", flush=True)
+    peak_layer = matmul_gflops(device, 128, 784, 400)
+    peak_square = matmul_gflops(device, 2048, 2048, 2048)
+    best = lambda fn: min((fn() for _ in range(args.repeats)), key=lambda r: r[0])
+    ref_s, ref_n = best(lambda: classic_epoch(data_dir, device, args.limit))
+    rows = {}
+    for d in args.latent_dims:
+        for posterior in ("full", "diagonal"):
+            seconds, n = best(lambda: our_epoch(train_data, device, d, posterior))
+            rows[d, posterior] = (seconds, n, training_flops(d, posterior) * n / seconds / 1e9)
+
+    print(f"\nplain float32 matmul: {peak_layer:.1f} GFLOP/s at 128x784@784x400, "
+          f"{peak_square:.1f} GFLOP/s at 2048^3\n")
+    print("| model | D | epoch (s) | images/s | GFLOP/s | vs classic epoch |")
+    print("|---|---|---|---|---|---|")
+    print(f"| classic example (DataLoader + ToTensor) | 20 | {ref_s:.2f} | {ref_n / ref_s:,.0f} | "
+          f"{training_flops(20, 'diagonal') * ref_n / ref_s / 1e9:.1f} | 1.00 |")
+    for (d, posterior), (seconds, n, gflops) in rows.items():
+        print(f"| ours, {posterior} | {d} | {seconds:.2f} | {n / seconds:,.0f} | {gflops:.1f} | {seconds / ref_s:.2f} |")
+    if (20, "full") in rows and (20, "diagonal") in rows:
+        full, diag = rows[20, "full"], rows[20, "diagonal"]
+        print("\ntargets at 784-400-20, full posterior:")
+        print(f"- epoch time vs classic: {full[0] / ref_s:.2f}x (target <= 0.45x)")
+        print(f"- full / diagonal epoch time: {full[0] / diag[0]:.2f}x (target <= 1.15x)")
+        print(f"- achieved FLOP rate vs plain matmul at the layer shape: {full[2] / peak_layer:.0%} "
+              f"(target >= 60%); vs 2048^3: {full[2] / peak_square:.0%}")
+    return 0
+
+
+def _machine(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
