@@ -21,6 +21,8 @@ __all__ = [
     "resolve_data_dir",
     "load_split",
     "binarize",
+    "TEST_BINARIZATION_SEED",
+    "binarize_fixed",
     "batch_indices",
 ]
 
@@ -128,6 +130,14 @@ def load_split(
 def binarize(images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Draw every pixel as Bernoulli(intensity): ``(..., 784)`` -> same shape, values in {0, 1}."""
     return torch.bernoulli(images, generator=generator)
+
+
+TEST_BINARIZATION_SEED = 20151101  # evaluation splits are binarized once, the same for every run
+
+
+def binarize_fixed(images: torch.Tensor, seed: int = TEST_BINARIZATION_SEED) -> torch.Tensor:
+    """One reproducible binarization of an evaluation split (the protocol's fixed test set)."""
+    return binarize(images, torch.Generator(device=images.device).manual_seed(seed))
 
 
 def batch_indices(

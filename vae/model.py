@@ -114,17 +114,20 @@ class VAE(nn.Module):
         return self.decoder(z)
 
     @staticmethod
-    def reparameterize(loc: torch.Tensor, scale_tril: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    def reparameterize(
+        loc: torch.Tensor, scale_tril: torch.Tensor, k: int = 1, generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw ``k`` samples per input as z = loc + L eps, in one batched matmul.
 
         Args:
-            loc: ``(N, D)``; scale_tril: ``(N, D, D)``; k: samples per input.
+            loc: ``(N, D)``; scale_tril: ``(N, D, D)``; k: samples per input;
+            generator: the source of eps (default: the global RNG).
 
         Returns:
             ``eps`` and ``z``, each ``(N, K, D)``.
         """
         with torch.autocast(device_type=loc.device.type, enabled=False):
-            eps = torch.randn(loc.shape[0], k, loc.shape[1], device=loc.device, dtype=loc.dtype)  # (N, K, D)
+            eps = torch.randn(loc.shape[0], k, loc.shape[1], device=loc.device, dtype=loc.dtype, generator=generator)
             z = torch.baddbmm(loc.unsqueeze(1), eps, scale_tril.transpose(-1, -2))  # (N, K, D)
         return eps, z
 

@@ -27,12 +27,17 @@ from vae.model import VAE
 
 __all__ = [
     "Bound",
+    "log_standard_normal",
+    "log_posterior",
     "kl_standard_normal",
     "bernoulli_log_likelihood",
     "negative_elbo",
     "negative_iwae",
     "log_importance_weights",
 ]
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
 
 class Bound(NamedTuple):
     """Per-image terms of a bound, each of shape ``(N,)``, in nats.
@@ -72,12 +77,28 @@ def negative_elbo(model: VAE, x: torch.Tensor, k: int = 1) -> Bound:
     return Bound(recon + kl, recon, kl)
 
 
+def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I): ``(..., D)`` -> ``(...)``."""
+    return -0.5 * z.pow(2).sum(-1) - z.shape[-1] * _HALF_LOG_2PI
+
+
+def log_posterior(eps: torch.Tensor, scale_tril: torch.Tensor) -> torch.Tensor:
+    """log q(z|x) of the model's own draws z = loc + L eps, with no solve.
+
+    Args:
+        eps: the standard-normal draws ``(N, K, D)``; scale_tril: ``L`` ``(N, D, D)``.
+
+    Returns:
+        ``(N, K)``.
+    """
+    return log_standard_normal(eps) - log_diag(scale_tril).sum(-1, keepdim=True)
+
+
 def _log_weights(model: VAE, x: torch.Tensor, k: int):
     posterior, logits = model(x, k)
     log_px_z = bernoulli_log_likelihood(logits, x)  # (N, K)
-    log_pz = -0.5 * posterior.z.pow(2).sum(-1)  # (N, K); the 2π terms of p and q cancel
-    log_qz = -0.5 * posterior.eps.pow(2).sum(-1) - log_diag(posterior.scale_tril).sum(-1, keepdim=True)
-    return posterior, log_px_z, log_px_z + log_pz - log_qz
+    log_w = log_px_z + log_standard_normal(posterior.z) - log_posterior(posterior.eps, posterior.scale_tril)
+    return posterior, log_px_z, log_w
 
 
 def log_importance_weights(model: VAE, x: torch.Tensor, k: int) -> torch.Tensor:

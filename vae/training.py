@@ -23,16 +23,15 @@ from tqdm.auto import tqdm
 
 from vae.checkpoint import build_model, load_checkpoint, save_checkpoint
 from vae.config import TrainConfig, config_from_dict
-from vae.data import ImageSplit, batch_indices, binarize, load_split
+from vae.data import ImageSplit, batch_indices, binarize, binarize_fixed, load_split
 from vae.model import VAE
 from vae.objectives import Bound, negative_elbo, negative_iwae
 
 __all__ = [
-    "TEST_BINARIZATION_SEED", "METRIC_COLUMNS", "NonFiniteLossError", "resolve_device",
+    "METRIC_COLUMNS", "NonFiniteLossError", "resolve_device",
     "autocast", "evaluate", "train_epoch", "resume_config", "train",
 ]
 
-TEST_BINARIZATION_SEED = 20151101  # the test set is binarized once, the same for every run
 EVAL_NOISE_SEED = 0  # the per-epoch test bound uses the same posterior noise every epoch
 PROGRESS_EVERY = 50  # steps between host syncs for the progress bar and the finiteness check
 METRIC_COLUMNS = (
@@ -238,8 +237,7 @@ def train(config: TrainConfig, log=print) -> Path:
 
     train_data = load_split(config.dataset, config.data_dir, True, config.limit, device)
     test_data = load_split(config.dataset, config.data_dir, False, None, device)
-    test_gen = torch.Generator(device=device).manual_seed(TEST_BINARIZATION_SEED)
-    test_x = binarize(test_data.images, test_gen) if config.binarize == "dynamic" else test_data.images
+    test_x = binarize_fixed(test_data.images) if config.binarize == "dynamic" else test_data.images
 
     torch.manual_seed(config.seed)
     data_gen = torch.Generator(device=device).manual_seed(config.seed)

@@ -1,0 +1,96 @@
+"""The importance-sampled NLL estimator: exact on a linear-Gaussian model, ELBO at K=1, the CLI."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch.distributions import MultivariateNormal
+
+from tests.conftest import run_cli
+from vae.evaluate import evaluate_model, importance_weighted_bounds
+from vae.model import VAE
+from vae.objectives import negative_elbo
+
+D, P, NOISE = 3, 6, 0.5  # latent dim, observed dim, observation noise std
+
+
+def linear_gaussian(seed: int = 0):
+    """p(z) = N(0, I), p(x|z) = N(W z + b, s^2 I): log p(x) and the posterior are known exactly."""
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(P, D, generator=g, dtype=torch.float64)
+    b = torch.randn(P, generator=g, dtype=torch.float64)
+    x = torch.randn(8, P, generator=g, dtype=torch.float64) * 2
+    marginal_tril = torch.linalg.cholesky(W @ W.T + NOISE**2 * torch.eye(P, dtype=torch.float64))
+    log_px = MultivariateNormal(b, scale_tril=marginal_tril).log_prob(x)  # (8,)
+    precision = torch.eye(D, dtype=torch.float64) + W.T @ W / NOISE**2  # posterior precision
+    precision_tril = torch.linalg.cholesky(precision)
+    cov = torch.cholesky_inverse(precision_tril)  # test-side reference maths only
+    loc = ((x - b) @ W / NOISE**2) @ cov  # (8, D)
+    scale_tril = torch.linalg.cholesky(cov).expand(8, D, D)
+    noise_tril = NOISE * torch.eye(P, dtype=torch.float64)
+
+    def log_likelihood(z):  # (N, C, D) -> (N, C)
+        return MultivariateNormal(z @ W.T + b, scale_tril=noise_tril).log_prob(x.unsqueeze(1))
+
+    return log_likelihood, loc, scale_tril, log_px
+
+
+@pytest.mark.parametrize("k,chunk", [(1, 1), (50, 7), (1000, 1000)])
+def test_exact_posterior_gives_the_closed_form_log_likelihood(k, chunk):
+    log_likelihood, loc, scale_tril, log_px = linear_gaussian()
+    elbo, estimate = importance_weighted_bounds(log_likelihood, loc, scale_tril, k, chunk,
+                                                torch.Generator().manual_seed(1))
+    # with q equal to the true posterior every weight is p(x): both bounds are exact
+    torch.testing.assert_close(estimate, log_px, rtol=0, atol=1e-9)
+    torch.testing.assert_close(elbo, log_px, rtol=0, atol=1e-9)
+
+
+def test_a_wrong_posterior_converges_from_below_as_k_grows():
+    log_likelihood, loc, scale_tril, log_px = linear_gaussian()
+    wide = 1.6 * scale_tril  # an over-dispersed proposal: the bound is loose but converges
+    generator = torch.Generator().manual_seed(2)
+
+    def mean_gap(k: int, repeats: int) -> tuple[float, float]:
+        runs = [importance_weighted_bounds(log_likelihood, loc, wide, k, 500, generator) for _ in range(repeats)]
+        elbo = torch.stack([r[0] for r in runs]).mean(0)
+        estimate = torch.stack([r[1] for r in runs]).mean(0)
+        return (log_px - elbo).mean().item(), (log_px - estimate).mean().item()
+
+    elbo_gap, gap_10 = mean_gap(10, 40)  # theory: KL(q || posterior) ~ 0.9, and ~0.05 at K = 10
+    _, gap_5000 = mean_gap(5000, 3)
+    assert elbo_gap > 0.5
+    assert elbo_gap > gap_10 > 0.01
+    assert abs(gap_5000) < 0.01
+
+
+def test_k1_equals_the_elbo_and_k_tightens_it():
+    torch.manual_seed(0)
+    model = VAE(latent_dim=4, hidden=(32,)).double()
+    x = torch.rand(200, 784, dtype=torch.float64).bernoulli()
+    at_1 = evaluate_model(model, x, k=1, batch_size=50, progress=False)
+    assert at_1["nll"] == pytest.approx(at_1["neg_elbo"], abs=1e-9)
+    torch.manual_seed(5)
+    analytic = negative_elbo(model, x).loss.mean().item()  # closed-form KL, one draw
+    assert at_1["neg_elbo"] == pytest.approx(analytic, rel=0.02)
+    at_100 = evaluate_model(model, x, k=100, batch_size=50, progress=False)
+    assert at_100["nll"] < at_100["neg_elbo"] - 0.5
+    assert at_100["bits_per_dim"] == pytest.approx(at_100["nll"] / (784 * math.log(2)))
+
+
+def test_cli_writes_json_beside_the_checkpoint(fake_mnist, tmp_path):
+    args = ["train.py", "--data-dir", str(fake_mnist), "--out-dir", str(tmp_path), "--run-name", "r",
+            "--latent-dim", "2", "--hidden", "16", "--epochs", "1", "--no-plots", "--no-progress", "--device", "cpu"]
+    assert run_cli(*args).returncode == 0
+    result = run_cli("-m", "vae.evaluate", str(tmp_path / "r" / "best.pt"), "--k", "1", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((tmp_path / "r" / "eval-test-k1.json").read_text())
+    assert saved["images"] == 40 and saved["k"] == 1
+    assert saved["nll"] == pytest.approx(saved["neg_elbo"], abs=1e-4)
+    again = run_cli("-m", "vae.evaluate", str(tmp_path / "r" / "best.pt"), "--k", "20", "--no-progress")
+    assert again.returncode == 0
+    k20 = json.loads((tmp_path / "r" / "eval-test-k20.json").read_text())
+    assert k20["nll"] < saved["nll"]
+    bad = run_cli("-m", "vae.evaluate", str(tmp_path / "r" / "best.pt"), "--k", "0")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

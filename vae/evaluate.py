@@ -1,0 +1,144 @@
+r"""Test log-likelihood by importance sampling (Burda et al. 2016), with the ELBO beside it.
+
+    python -m vae.evaluate [CKPT] [--k 5000] [--split test] [--batch-size 20] [--seed 0]
+
+For each image, ``K`` draws :math:`z_k = m + L\epsilon_k` from the
+full-covariance posterior give log-weights
+:math:`\log w_k = \log p(x|z_k) + \log p(z_k) - \log q(z_k|x)`, and
+
+.. math::
+    -\mathrm{ELBO} \approx -\tfrac1K \sum_k \log w_k, \qquad
+    \mathrm{NLL} \approx -\log \tfrac1K \sum_k w_k \;\text{(logsumexp)}.
+
+At ``K = 1`` the two coincide. Images go through in batches and samples in
+chunks, so memory stays bounded for any ``K``. The split is binarized once with
+the same fixed seed as training's test set, so numbers are reproducible.
+Results are printed and saved as JSON beside the checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from vae.checkpoint import CheckpointError, load_checkpoint, load_model
+from vae.config import ArgumentParser, config_from_dict
+from vae.data import DataError, binarize_fixed, load_split
+from vae.model import VAE
+from vae.objectives import bernoulli_log_likelihood, log_posterior, log_standard_normal
+from vae.training import resolve_device
+
+__all__ = ["PRETRAINED", "importance_weighted_bounds", "evaluate_model", "main"]
+
+PRETRAINED = Path(__file__).resolve().parents[1] / "checkpoints" / "pretrained" / "model.pt"
+MAX_ROWS = 20_000  # images x samples decoded at once: bounds memory (~63 MB of logits)
+
+
+def importance_weighted_bounds(
+    log_likelihood: Callable[[torch.Tensor], torch.Tensor], loc: torch.Tensor, scale_tril: torch.Tensor,
+    k: int, chunk: int, generator: Optional[torch.Generator] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ELBO and importance-weighted estimates of log p(x), streamed over sample chunks.
+
+    Args:
+        log_likelihood: maps latents ``(N, C, D)`` to log p(x|z) ``(N, C)``.
+        loc: posterior means ``(N, D)``; scale_tril: their factors ``(N, D, D)``.
+        k: samples per image; chunk: samples drawn per pass.
+        generator: source of the posterior noise.
+
+    Returns:
+        ``elbo`` and ``log_px``, each ``(N,)``: the mean log-weight and
+        ``logsumexp_k log w_k - log k``.
+    """
+    running_lse = torch.full(loc.shape[:1], -math.inf, device=loc.device, dtype=loc.dtype)  # (N,)
+    running_sum = torch.zeros_like(running_lse)
+    for start in range(0, k, chunk):
+        eps, z = VAE.reparameterize(loc, scale_tril, min(chunk, k - start), generator)  # (N, C, D)
+        log_w = log_likelihood(z) + log_standard_normal(z) - log_posterior(eps, scale_tril)  # (N, C)
+        running_lse = torch.logaddexp(running_lse, torch.logsumexp(log_w, dim=1))
+        running_sum += log_w.sum(1)
+    return running_sum / k, running_lse - math.log(k)
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: VAE, images: torch.Tensor, k: int = 5000, batch_size: int = 20, seed: int = 0, progress: bool = True,
+) -> dict[str, float]:
+    """Mean -ELBO, NLL bound and bits/dim of ``images`` ``(N, 784)`` (already binarized).
+
+    Args:
+        model: the VAE, on the device of ``images``.
+        k: importance samples per image; batch_size: images per pass.
+        seed: seed of the posterior noise.
+    """
+    model.eval()
+    generator = torch.Generator(device=images.device).manual_seed(seed)
+    chunk = max(1, min(k, MAX_ROWS // batch_size))
+    sums = torch.zeros(2, dtype=torch.float64, device=images.device)  # -elbo, nll
+    with tqdm(total=len(images), desc=f"K={k}", unit="img", disable=not progress, dynamic_ncols=True) as bar:
+        for x in images.split(batch_size):
+            loc, scale_tril = model.encode(x)
+            log_lik = lambda z: bernoulli_log_likelihood(model.decode(z), x)  # noqa: E731
+            elbo, log_px = importance_weighted_bounds(log_lik, loc, scale_tril, k, chunk, generator)
+            sums -= torch.stack([elbo.sum(), log_px.sum()]).double()
+            bar.update(len(x))
+    neg_elbo, nll = (sums / len(images)).tolist()
+    return {"neg_elbo": neg_elbo, "nll": nll, "bits_per_dim": nll / (images.shape[1] * math.log(2))}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = ArgumentParser(prog="python -m vae.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", nargs="?", default=None,
+                        help=f"checkpoint to evaluate (default: the shipped {PRETRAINED.relative_to(PRETRAINED.parents[2])})")
+    parser.add_argument("--k", type=int, default=5000, help="importance samples per image (default: 5000)")
+    parser.add_argument("--split", choices=("test", "train"), default="test")
+    parser.add_argument("--batch-size", type=int, default=20, help="images per pass (default: 20)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the posterior noise (default: 0)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    parser.add_argument("--data-dir", default=None, help="dataset root (default: the run's, else $VAE_DATA_DIR)")
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--out", default=None, help="JSON path (default: eval-<split>-k<K>.json beside the checkpoint)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    args = parser.parse_args(argv)
+    for name in ("k", "batch_size", "limit"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    checkpoint = Path(args.checkpoint) if args.checkpoint else PRETRAINED
+    out = Path(args.out) if args.out else checkpoint.parent / f"eval-{args.split}-k{args.k}.json"
+    try:
+        device = resolve_device(args.device)
+        config = config_from_dict(load_checkpoint(checkpoint)["config"])
+        model = load_model(checkpoint, map_location=device)
+        split = load_split(config.dataset, args.data_dir or config.data_dir, train=args.split == "train",
+                           limit=args.limit, device=device)
+    except (ValueError, DataError) as err:
+        parser.error(str(err))
+    except CheckpointError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 1
+    images = split.images
+    if config.binarize == "dynamic":
+        images = binarize_fixed(images)
+    start = time.perf_counter()
+    result = evaluate_model(model, images, args.k, args.batch_size, args.seed, args.progress)
+    result = {"checkpoint": str(checkpoint), "split": args.split, "images": len(images), "k": args.k,
+              "seed": args.seed, **result, "seconds": time.perf_counter() - start, "device": str(device)}
+    print(f"{args.split} -ELBO {result['neg_elbo']:.3f}  NLL (K={args.k}) {result['nll']:.3f} nats  "
+          f"{result['bits_per_dim']:.4f} bits/dim  [{len(images)} images, {result['seconds']:.0f}s]")
+    try:
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    except OSError as err:
+        parser.error(f"cannot write {out}: {err.strerror or err}")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
