@@ -6,6 +6,7 @@ transform and no ``DataLoader`` stand in the training loop.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,8 +59,11 @@ def resolve_data_dir(data_dir: Optional[str] = None) -> Path:
 def _torchvision_split(dataset: str, root: Path, train: bool):
     cls = DATASETS[dataset]
     folder = root / cls.__name__
-    existed = folder.exists()
+    created = [path for path in (folder / "raw", folder, root) if not path.exists()]
     if all((folder / "raw" / name).is_file() for name in _raw_names(cls)):
+        for name in _raw_names(cls):
+            if name.startswith("train" if train else "t10k"):
+                _check_idx(folder / "raw" / name)
         return cls(str(root), train=train, download=False)
     hint = (
         f"{dataset} not found under {folder / 'raw'} and it could not be downloaded; "
@@ -68,8 +72,7 @@ def _torchvision_split(dataset: str, root: Path, train: bool):
     try:
         return cls(str(root), train=train, download=True)
     except (RuntimeError, OSError) as err:  # offline, unwritable root, incomplete download
-        if not existed:
-            _remove_empty_tree(folder)
+        _remove_empty(created)
         raise DataError(f"{hint} ({str(err).splitlines()[0]})") from None
 
 
@@ -77,9 +80,35 @@ def _raw_names(cls) -> list:
     return [name.rsplit(".", 1)[0] for name, _ in cls.resources]  # files without ".gz"
 
 
-def _remove_empty_tree(folder: Path) -> None:
-    """Undo the empty folders a failed download left behind."""
-    for path in (folder / "raw", folder):
+IDX_UBYTE = 0x08  # IDX type code of unsigned bytes, the only one MNIST uses
+
+
+def _check_idx(path: Path) -> None:
+    """Raise :class:`DataError` naming ``path`` if its IDX header or length is wrong.
+
+    An IDX file is a big-endian magic ``0x0000TTNN`` (type, number of
+    dimensions), one 4-byte size per dimension, then the bytes themselves.
+    """
+    ndim = 3 if "-idx3-" in path.name else 1
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        header = f.read(4 + 4 * ndim)
+    if len(header) < 4 + 4 * ndim:
+        raise DataError(f"corrupted {path}: {size} bytes, too short for an IDX header; replace the file")
+    magic = int.from_bytes(header[:4], "big")
+    if magic != (IDX_UBYTE << 8 | ndim):
+        raise DataError(
+            f"corrupted {path}: bad magic number 0x{magic:08x} (expected 0x{IDX_UBYTE << 8 | ndim:08x}); replace the file"
+        )
+    expected = len(header) + math.prod(int.from_bytes(header[i:i + 4], "big") for i in range(4, len(header), 4))
+    if size != expected:
+        what = "truncated" if size < expected else "trailing bytes"
+        raise DataError(f"corrupted {path}: {what}, {size} bytes where its header promises {expected}; replace the file")
+
+
+def _remove_empty(created: list) -> None:
+    """Undo the folders a failed download created, deepest first, if they are still empty."""
+    for path in created:
         try:
             path.rmdir()
         except OSError:
@@ -109,9 +138,10 @@ def load_split(
         split = _torchvision_split(dataset, root, train)
         images, labels = split.data, split.targets
     except (AssertionError, ValueError, KeyError, IndexError, RuntimeError) as err:
+        detail = (str(err).strip() or "bad header").splitlines()[0]
         raise DataError(
             f"corrupted {dataset} files under {root / DATASETS[dataset].__name__ / 'raw'}: "
-            f"not valid IDX data ({type(err).__name__}: {err or 'bad header'}); "
+            f"not valid IDX data ({type(err).__name__}: {detail}); "
             "replace them or point --data-dir at a good copy"
         ) from None
     except OSError as err:

@@ -102,24 +102,43 @@ def manifold_figure(model: VAE, n: int = 20) -> Figure:
 
 @torch.no_grad()
 def ellipses_figure(model: VAE, images: torch.Tensor, labels: torch.Tensor, n: int = 30) -> Figure:
-    """For D = 2: 1σ posterior ellipses {loc + L u : |u| = 1} of ``n`` test images over the scatter."""
+    """For D = 2: 1σ posterior ellipses {loc + L u : |u| = 1} of ``n`` test images.
+
+    Left, at true scale over the scatter of posterior means; right, each
+    ellipse on its own equal-aspect axes with its correlation ρ, so the tilt
+    that a full covariance captures is visible however small the ellipse.
+    """
     loc, scale_tril = model.encode(images)
-    fig = Figure(figsize=(7, 6))
-    ax = fig.add_subplot()
+    covariance = scale_tril @ scale_tril.transpose(-1, -2)  # (N, 2, 2)
     labels = labels.cpu().numpy()
-    scatter = ax.scatter(*loc.cpu().T.numpy(), c=labels, cmap=CMAP, s=2, alpha=0.25)
     t = torch.linspace(0, 2 * math.pi, 100, device=loc.device)
     circle = torch.stack([t.cos(), t.sin()])  # (2, 100)
-    picks = torch.linspace(0, len(loc) - 1, n).long()
+    picks = torch.linspace(0, len(loc) - 1, n).long().tolist()
+    fig = Figure(figsize=(15, 6.5))
+    main_fig, grid_fig = fig.subfigures(1, 2, width_ratios=[1.1, 1])
+    ax = main_fig.add_subplot()
+    scatter = ax.scatter(*loc.cpu().T.numpy(), c=labels, cmap=CMAP, s=2, alpha=0.25)
     cmap = scatter.get_cmap()
-    for i in picks.tolist():
-        outline = loc[i, :, None] + scale_tril[i] @ circle  # (2, 100): the 1σ contour
-        ax.plot(*outline.cpu().numpy(), color=cmap(scatter.norm(labels[i])), lw=1.5)
+    cols = math.ceil(math.sqrt(n * 1.2))
+    cells = grid_fig.subplots(math.ceil(n / cols), cols, squeeze=False).ravel()
+    for cell, i in zip(cells, picks):
+        outline = (loc[i, :, None] + scale_tril[i] @ circle).cpu().numpy()  # (2, 100): the 1σ contour
+        color = cmap(scatter.norm(labels[i]))
+        ax.plot(*outline, color=color, lw=1.5)
         ax.plot(*loc[i].cpu().numpy(), "k.", ms=3)
-    fig.colorbar(scatter, ax=ax, ticks=range(10), label="label")
+        rho = covariance[i, 0, 1] / covariance[i].diagonal().prod().sqrt()
+        cell.plot(*outline, color=color, lw=1.5)
+        cell.set_aspect("equal", adjustable="datalim")
+        cell.set_title(f"ρ={rho:+.2f}", fontsize=8)
+        cell.set_xticks([])
+        cell.set_yticks([])
+    for cell in cells[len(picks):]:
+        cell.axis("off")
+    main_fig.colorbar(scatter, ax=ax, ticks=range(10), label="label")
     ax.set_xlabel("z1")
     ax.set_ylabel("z2")
-    ax.set_title(f"1σ posterior ellipses of {n} test images")
+    ax.set_title(f"1σ posterior ellipses of {n} test images, true scale")
+    grid_fig.suptitle("the same ellipses, each on its own axes (equal aspect)")
     return fig
 
 
