@@ -22,6 +22,15 @@ def errors(learner, data, objective="nll"):
     return relative_error(learner.covariance_matrix, covariance), relative_error(learner.loc, mean)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: intra-op threads only add contention (10x slower steps on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def mse_data():
     return toy_data("mse")

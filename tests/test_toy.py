@@ -79,7 +79,11 @@ def test_mle_run_writes_the_plot_and_prints_the_mle(tmp_path):
 def test_unconverged_run_says_so_and_points_to_the_fixes(tmp_path, capsys):
     from vae.toy import main
 
-    assert main(["mse", "--epochs", "20", "--out", str(tmp_path)]) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert main(["mse", "--epochs", "20", "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)  # main() sets one thread for the toy run
     out = capsys.readouterr().out
     assert "converged: NO" in out and "--epochs 200" in out and "--optimizer lbfgs" in out
     assert (tmp_path / "toy-mse.png").stat().st_size > 0  # a folder as --out gets the default name
