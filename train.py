@@ -4,17 +4,18 @@
     python train.py --dataset mnist --latent-dim 2   # a latent space you can look at
     python train.py --resume --run-name NAME         # continue a run from its last.pt
 
-Every flag is a field of :class:`vae.config.TrainConfig`.
+Every flag is a field of :class:`vae.config.TrainConfig`. Exit codes: 0 done;
+1 a checkpoint that cannot be used, a diverged loss or a failed write; 2 a
+bad flag, output folder or dataset; 130 / 143 stopped by SIGINT / SIGTERM
+after saving ``last.pt`` (the message says how to resume).
 """
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
-from vae.checkpoint import CheckpointError
 from vae.config import ArgumentParser, TrainConfig, add_config_args, config_from_args
-from vae.data import DataError
-from vae.training import NonFiniteLossError, resolve_device, resume_config, train
 
 
 def build_parser(suppress_defaults: bool = False) -> ArgumentParser:
@@ -27,25 +28,55 @@ def build_parser(suppress_defaults: bool = False) -> ArgumentParser:
     return parser
 
 
+def resume_command(out_dir: str, run_name: str) -> str:
+    """The shell command that continues the run ``out_dir/run_name``."""
+    return f"python train.py --resume --out-dir {shlex.quote(str(out_dir))} --run-name {shlex.quote(run_name)}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     config = config_from_args(args)
+    try:  # before importing torch: a bad flag or output folder is answered at once
+        config.validate()
+        if not config.resume:
+            config.make_run_dir()
+    except ValueError as err:
+        parser.error(str(err))  # one line, exit code 2
+
+    from vae.checkpoint import CheckpointError
+    from vae.data import DataError
+    from vae.training import NonFiniteLossError, TrainingInterrupted, resolve_device, resume_config, train
+
+    def fail(err: Exception) -> int:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 1
+
     try:
         if config.resume:
             explicit = set(vars(build_parser(suppress_defaults=True).parse_args(argv)))
             config = resume_config(config, explicit)
         config.validate()
         resolve_device(config.device)
-    except (ValueError, CheckpointError) as err:
-        parser.error(str(err))  # one line, exit code 2
+    except ValueError as err:
+        parser.error(str(err))
+    except CheckpointError as err:
+        return fail(err)
     try:
         run_dir = train(config)
-    except (ValueError, DataError) as err:  # a bad flag value, or missing or corrupted data
+    except (ValueError, DataError) as err:  # a bad flag value or output folder, missing or corrupted data
         parser.error(str(err))
     except (CheckpointError, NonFiniteLossError) as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 1
+        return fail(err)
+    except OSError as err:  # e.g. the disk filled up while writing a checkpoint
+        return fail(f"cannot write the run: {err}")
+    except TrainingInterrupted as err:
+        print(f"{parser.prog}: {err}; resume with: {resume_command(config.out_dir, err.run_dir.name)}",
+              file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before training began: nothing to save
+        print(f"{parser.prog}: interrupted before training began; nothing was saved", file=sys.stderr)
+        return 130
     if config.plots:
         from vae.visualize import write_run_pictures
 

@@ -88,7 +88,8 @@ def test_missing_data_is_one_clear_message(tmp_path):
     assert not (tmp_path / "nowhere" / "MNIST").exists()  # the failed download left nothing behind
 
 
-def test_cli_refuses_to_overwrite_a_run_and_bad_flags(fake_mnist, tmp_path):
+def test_cli_refuses_to_overwrite_a_run(fake_mnist, tmp_path):
+    """(Bad flag values are covered in tests/test_reliability.py.)"""
     args = ["train.py", "--data-dir", str(fake_mnist), "--out-dir", str(tmp_path), "--run-name", "r",
             "--latent-dim", "2", "--hidden", "16", "--epochs", "1", "--no-plots", "--no-progress", "--device", "cpu"]
     assert run_cli(*args).returncode == 0
@@ -96,9 +97,6 @@ def test_cli_refuses_to_overwrite_a_run_and_bad_flags(fake_mnist, tmp_path):
     again = run_cli(*args)
     assert again.returncode == 2 and "--resume" in again.stderr
     assert (tmp_path / "r" / "last.pt").read_bytes() == before
-    for bad in (["--epochs", "0"], ["--lr", "-1"], ["--batch-size", "0"], ["--latent-dim", "0"], ["--k", "0"]):
-        result = run_cli("train.py", "--data-dir", str(fake_mnist), "--out-dir", str(tmp_path), *bad)
-        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, bad
 
 
 def test_cli_short_run_on_real_mnist_writes_every_picture(real_data, tmp_path):

@@ -1,49 +1,73 @@
 """Checkpoints: one dict with model, optimizer, config, epoch, RNG states and metrics.
 
 Writes are atomic (a temporary file in the same folder, fsynced, then
-``os.replace``d), so a crash never leaves a half-written checkpoint. Reads use
-``torch.load(weights_only=True)``: a checkpoint is data, and a file whose
-pickle would run code is refused.
+``os.replace``d), so a crash never leaves a half-written checkpoint, only
+perhaps a stale ``.<name>.*.tmp`` that :func:`remove_stale_temporaries`
+clears. Reads use ``torch.load(weights_only=True)``: a checkpoint is data,
+and a file whose pickle would run code is refused before anything runs.
 """
 from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
-import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, IO
 
 import torch
 
 from vae.config import TrainConfig, config_from_dict
+from vae.faults import pause_before_replace
 from vae.model import VAE
 
-__all__ = ["CheckpointError", "FORMAT", "save_checkpoint", "load_checkpoint", "build_model", "load_model"]
+__all__ = [
+    "CheckpointError", "FORMAT", "save_checkpoint", "write_text_atomic", "remove_stale_temporaries",
+    "load_checkpoint", "build_model", "load_weights", "load_model",
+]
 
 FORMAT = "fullcov-vae/1"
-REQUIRED_KEYS = ("format", "model", "config", "epoch")
+REQUIRED_KEYS = ("format", "model", "config", "epoch", "metrics")
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
 
 class CheckpointError(Exception):
     """A file that is not a usable checkpoint of this project; the message says why."""
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` to ``path`` atomically: temp file, fsync, ``os.replace``."""
-    path = Path(path)
+def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` through ``write(file)`` to a temp file, fsync, ``os.replace``."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+        pause_before_replace(path.name)  # test hook, see vae.faults
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Write ``state`` to ``path`` atomically: temp file, fsync, ``os.replace``."""
+    _write_atomic(Path(path), lambda f: torch.save({"format": FORMAT, **state}, f))
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically, like :func:`save_checkpoint`."""
+    _write_atomic(Path(path), lambda f: f.write(text.encode("utf-8")))
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the ``.<name>.*.tmp`` files a killed writer left in ``folder``; return them."""
+    stale = [p for p in Path(folder).glob(".*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def _umask() -> int:
@@ -74,25 +98,47 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    if path.stat().st_size == 0:
+    with open(path, "rb") as f:
+        head = f.read(len(ZIP_MAGIC))
+    if not head:
         raise CheckpointError(f"{path}: empty file, not a checkpoint")
+    if head != ZIP_MAGIC:
+        raise CheckpointError(f"{path}: not a checkpoint (not a torch.save archive)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unpickling failed"
-        raise CheckpointError(f"{path}: refused, not a plain-data checkpoint ({first})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({type(err).__name__})") from None
+        unsafe = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if unsafe:
+            raise CheckpointError(
+                f"{path}: refused: its pickle would call {unsafe.group(1)}, and a checkpoint may hold "
+                "only tensors and plain data; nothing in it was run"
+            ) from None
+        raise CheckpointError(f"{path}: corrupted checkpoint (unreadable pickle)") from None
+    except Exception as err:  # torch.load fails on damaged archives with many exception types
+        raise CheckpointError(f"{path}: truncated or corrupted checkpoint ({type(err).__name__})") from None
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
         raise CheckpointError(f"{path}: a torch file, but not a fullcov-vae checkpoint")
     if state["format"] != FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {state['format']!r}, expected {FORMAT!r}")
+    try:
+        config_from_dict(state["config"]).validate()
+    except (AttributeError, TypeError, ValueError) as err:  # not a dict, or impossible values
+        raise CheckpointError(f"{path}: its stored config is invalid ({err})") from None
     return state
 
 
 def build_model(config: TrainConfig) -> VAE:
     """The VAE that ``config`` describes, freshly initialized."""
     return VAE(config.latent_dim, config.hidden, config.posterior, config.diag_transform)
+
+
+def load_weights(model: torch.nn.Module, weights: Any, path: str | Path) -> None:
+    """``model.load_state_dict(weights)``, a mismatch raising :class:`CheckpointError`."""
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not fit the stored architecture ({first})") from None
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> VAE:
@@ -106,10 +152,6 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> VA
         CheckpointError: the file is not a loadable checkpoint of this project.
     """
     state = load_checkpoint(path, map_location)
-    try:
-        model = build_model(config_from_dict(state["config"]))
-        model.load_state_dict(state["model"])
-    except (RuntimeError, TypeError, ValueError, KeyError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: weights do not fit the stored architecture ({first})") from None
+    model = build_model(config_from_dict(state["config"]))
+    load_weights(model, state["model"], path)
     return model.to(map_location).eval()

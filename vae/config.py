@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import tempfile
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 
 __all__ = ["TrainConfig", "ArgumentParser", "add_config_args", "config_from_args", "config_from_dict"]
 
@@ -60,8 +63,8 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be a positive integer, got {self.limit}")
-        if not self.lr > 0:
-            raise ValueError(f"--lr must be positive, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"--lr must be a positive finite number, got {self.lr}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"--grad-clip must be positive, got {self.grad_clip}")
         if not self.hidden or any(h < 1 for h in self.hidden):
@@ -76,6 +79,23 @@ class TrainConfig:
     def name(self) -> str:
         """The run folder's name."""
         return self.run_name or f"{self.dataset}-{self.posterior}-d{self.latent_dim}-s{self.seed}"
+
+    def make_run_dir(self) -> Path:
+        """Create ``<out_dir>/<name>`` (parents included) and check that it can be written.
+
+        Raises:
+            ValueError: a file in the way, or a folder that cannot be written.
+        """
+        run_dir = Path(self.out_dir) / self.name
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=run_dir):
+                pass
+        except OSError as err:
+            raise ValueError(
+                f"--out-dir {self.out_dir}: cannot write the run folder {run_dir} ({err.strerror or err})"
+            ) from None
+        return run_dir
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -3,41 +3,42 @@
 A run lives in ``<out_dir>/<run_name>/``: ``config.json``, ``metrics.csv``,
 ``last.pt`` (every epoch), ``best.pt`` (lowest test -ELBO) and the pictures.
 ``resume`` continues from ``last.pt`` and, on the same device and seed, ends
-exactly where an uninterrupted run would.
+exactly where an uninterrupted run would, even after a stop in mid-epoch
+(see :mod:`vae.runstate`). SIGINT and SIGTERM stop the run after the current
+step (see :mod:`vae.interrupt`); a NaN or Inf loss stops it before anything
+is saved.
 """
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import io
 import json
 import math
-import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from tqdm.auto import tqdm
 
-from vae.checkpoint import build_model, load_checkpoint, save_checkpoint
-from vae.config import TrainConfig, config_from_dict
+from vae.checkpoint import build_model, load_checkpoint, remove_stale_temporaries, save_checkpoint, write_text_atomic
+from vae.config import TrainConfig
 from vae.data import ImageSplit, batch_indices, binarize, binarize_fixed, load_split
+from vae.faults import StepFault
+from vae.interrupt import GracefulStop, TrainingInterrupted
 from vae.model import VAE
 from vae.objectives import Bound, negative_elbo, negative_iwae
+from vae.runstate import (
+    METRIC_COLUMNS, RunProgress, checkpoint_state, repair_run_folder, restore_run, resume_config, write_metrics,
+)
 
 __all__ = [
-    "METRIC_COLUMNS", "NonFiniteLossError", "resolve_device",
+    "METRIC_COLUMNS", "NonFiniteLossError", "TrainingInterrupted", "EpochResult", "resolve_device",
     "autocast", "evaluate", "train_epoch", "resume_config", "train",
 ]
 
 EVAL_NOISE_SEED = 0  # the per-epoch test bound uses the same posterior noise every epoch
 PROGRESS_EVERY = 50  # steps between host syncs for the progress bar and the finiteness check
-METRIC_COLUMNS = (
-    "epoch", "step", "train_loss", "train_neg_elbo", "train_recon", "train_kl",
-    "test_neg_elbo", "test_recon", "test_kl", "images_per_s", "train_seconds",
-)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -95,73 +96,68 @@ def evaluate(model: VAE, images: torch.Tensor, batch_size: int = 1000, amp: bool
     return {"test_neg_elbo": loss, "test_recon": recon, "test_kl": kl}
 
 
-def _rng_state(device: torch.device, data_gen: torch.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "data": data_gen.get_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    if device.type == "mps":
-        state["mps"] = torch.mps.get_rng_state()
-    return state
+class EpochResult(NamedTuple):
+    """What :func:`train_epoch` did.
 
+    Attributes:
+        sums: totals over the images seen of loss, -ELBO, reconstruction, KL ``(4,)`` float64;
+        batch: batches done (``n_batches`` unless stopped early); n_batches: batches in the epoch;
+        seconds: training wall time of the epoch so far; data_rng: the data generator's
+        state at the start of the epoch (it redraws the epoch's permutation).
+    """
 
-def _set_rng_state(state: dict, device: torch.device, data_gen: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    data_gen.set_state(state["data"])
-    if "cuda" in state and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-    if "mps" in state and device.type == "mps":
-        torch.mps.set_rng_state(state["mps"])
+    sums: torch.Tensor
+    batch: int
+    n_batches: int
+    seconds: float
+    data_rng: torch.Tensor
 
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _write_metrics(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: row[k] for k in METRIC_COLUMNS} for row in rows)
-    _write_text_atomic(path, buf.getvalue())
+    def partial(self, epoch: int) -> dict:
+        """The interrupted epoch, as stored in a checkpoint (see :class:`vae.runstate.RunProgress`)."""
+        return {"epoch": epoch, "batch": self.batch, "data_rng": self.data_rng,
+                "sums": self.sums.cpu(), "seconds": self.seconds}
 
 
 def train_epoch(
     model: VAE, step_model, optimizer: torch.optim.Optimizer, data: ImageSplit, config: TrainConfig,
     device: torch.device, data_gen: torch.Generator, epoch: int = 1, step: int = 0,
-) -> tuple[torch.Tensor, int, float]:
-    """One pass over the training set in shuffled batches.
+    partial: Optional[dict] = None, stop: Optional[GracefulStop] = None,
+) -> EpochResult:
+    """One pass over the training set in shuffled batches, or the rest of an interrupted one.
 
     Args:
         model: the VAE whose parameters are clipped; step_model: it, or its compiled twin.
         data: the training split on ``device``; data_gen: the generator of permutations
-            and binarization draws; epoch, step: for messages.
-
-    Returns:
-        the mean loss, -ELBO, reconstruction and KL terms ``(4,)``, the number of
-        steps, and the wall time in seconds.
+            and binarization draws; epoch: for messages; step: optimizer steps done
+            before this epoch began.
+        partial: the interrupted epoch to finish (its permutation is redrawn from
+            ``partial["data_rng"]``, its first ``partial["batch"]`` batches skipped).
+        stop: once ``stop.signum`` is set, return after the current step.
 
     Raises:
         NonFiniteLossError: a step's loss was NaN or Inf.
     """
-    loss_fn = _bound(config)
-    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, neg_elbo, recon, kl
+    loss_fn, fault = _bound(config), StepFault()
+    start_rng = data_gen.get_state() if partial is None else partial["data_rng"]
+    resume_rng = data_gen.get_state()
+    data_gen.set_state(start_rng)
+    batches = list(batch_indices(len(data), config.batch_size, data_gen, device))  # the epoch's permutation
+    data_gen.set_state(resume_rng)  # a no-op unless the epoch was interrupted
+    first = partial["batch"] if partial else 0
+    sums = partial["sums"].to(device, torch.float64) if partial else torch.zeros(4, device=device, dtype=torch.float64)
     first_bad = torch.full((), -1, device=device, dtype=torch.long)
-    n_batches = math.ceil(len(data) / config.batch_size)
-    bar = tqdm(total=len(data), desc=f"epoch {epoch}/{config.epochs}", unit="img",
+    done_images = min(first * config.batch_size, len(data))
+    bar = tqdm(total=len(data), initial=done_images, desc=f"epoch {epoch}/{config.epochs}", unit="img",
                disable=not config.progress, leave=False, dynamic_ncols=True)
-    seen, start = 0, time.perf_counter()
-    for i, rows in enumerate(batch_indices(len(data), config.batch_size, data_gen, device)):
+    seen, start, done = 0, time.perf_counter(), first
+    for i in range(first, len(batches)):
+        rows = batches[i]
         x = data.images[rows]  # (B, 784)
         if config.binarize == "dynamic":
             x = binarize(x, data_gen)
         with autocast(device, config.amp):
             bound: Bound = loss_fn(step_model, x)
-        loss = bound.loss.mean()
+        loss = fault.loss(step + i + 1, bound.loss.mean())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip is not None:
@@ -171,8 +167,10 @@ def train_epoch(
             terms = torch.stack([bound.loss.sum(), (bound.recon + bound.kl).sum(), bound.recon.sum(), bound.kl.sum()])
             sums += terms.double()
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step + i + 1, first_bad)
-        seen += rows.numel()
-        if (i + 1) % PROGRESS_EVERY == 0 or i + 1 == n_batches:
+        seen, done = seen + rows.numel(), i + 1
+        fault.after_step(step + done)  # test hook, see vae.faults
+        stopping = stop is not None and stop.signum is not None and done < len(batches)
+        if done % PROGRESS_EVERY == 0 or done == len(batches) or stopping:
             bad = int(first_bad)
             if bad >= 0:
                 bar.close()
@@ -180,49 +178,28 @@ def train_epoch(
                     f"non-finite loss at epoch {epoch}, step {bad}; stopped without saving, "
                     "the last checkpoint is the last good one (try a lower --lr or --grad-clip)"
                 )
-            elapsed = time.perf_counter() - start
-            bar.update(seen - bar.n)
-            bar.set_postfix(loss=f"{sums[0].item() / seen:.2f}", img_s=f"{seen / elapsed:,.0f}")
+            bar.update(done_images + seen - bar.n)
+            bar.set_postfix(loss=f"{sums[0].item() / (done_images + seen):.2f}",
+                            img_s=f"{seen / (time.perf_counter() - start):,.0f}")
+        if stopping:
+            break
     bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return sums / len(data), n_batches, time.perf_counter() - start
-
-
-RESUMABLE_OVERRIDES = ("epochs", "device", "data_dir", "out_dir", "run_name", "resume",
-                       "eval_batch_size", "amp", "compile", "plots", "progress", "grad_clip")
-
-
-def resume_config(config: TrainConfig, explicit: set[str]) -> TrainConfig:
-    """The stored config of the run to resume, with the flags given now applied.
-
-    Only flags that leave the model and the data stream unchanged may differ
-    from the stored run (``epochs`` among them, to extend a run).
-
-    Raises:
-        ValueError: no run to resume, or a flag that contradicts the stored run.
-    """
-    last = Path(config.out_dir) / config.name / "last.pt"
-    if not last.is_file():
-        raise ValueError(f"--resume: no {last} to resume from")
-    stored = config_from_dict(load_checkpoint(last)["config"])
-    for name in sorted(explicit - set(RESUMABLE_OVERRIDES)):
-        if getattr(config, name) != getattr(stored, name):
-            flag = "--" + name.replace("_", "-")
-            raise ValueError(
-                f"--resume: {last} was trained with {flag} {getattr(stored, name)!r}; "
-                "drop the flag or start a new run"
-            )
-    return dataclasses.replace(stored, **{name: getattr(config, name) for name in explicit if name in RESUMABLE_OVERRIDES})
+    seconds = (partial["seconds"] if partial else 0.0) + time.perf_counter() - start
+    return EpochResult(sums, done, len(batches), seconds, start_rng)
 
 
 def train(config: TrainConfig, log=print) -> Path:
     """Train (or resume) the run ``config`` describes and return its folder.
 
     Raises:
-        ValueError: an impossible configuration, or a run folder that resume cannot use.
+        ValueError: an impossible configuration, an output folder that cannot be
+            written, or a run folder that resume cannot use.
         vae.data.DataError: the dataset cannot be loaded.
-        NonFiniteLossError: the loss diverged.
+        vae.checkpoint.CheckpointError: ``last.pt`` cannot be resumed from.
+        NonFiniteLossError: the loss diverged; nothing was saved for that epoch.
+        TrainingInterrupted: SIGINT or SIGTERM; ``last.pt`` holds the state after the last step.
     """
     config.validate()
     device = resolve_device(config.device)
@@ -232,6 +209,8 @@ def train(config: TrainConfig, log=print) -> Path:
         raise ValueError(f"--resume: no {last} to resume from")
     if not config.resume and last.is_file():
         raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-name")
+    config.make_run_dir()
+    remove_stale_temporaries(run_dir)  # left by a killed writer; the files they were to replace are intact
     if config.amp and device.type != "cuda":
         log(f"note: --amp applies to CUDA only; training in float32 on {device.type}")
 
@@ -243,40 +222,55 @@ def train(config: TrainConfig, log=print) -> Path:
     data_gen = torch.Generator(device=device).manual_seed(config.seed)
     model = build_model(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    metrics, start_epoch, step, best = [], 1, 0, math.inf
+    progress = RunProgress()
     if config.resume:
-        state = load_checkpoint(last, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"], device, data_gen)
-        metrics, step, best = list(state["metrics"]), state["step"], state["best_test_neg_elbo"]
-        start_epoch = state["epoch"] + 1
-        log(f"resuming {run_dir} after epoch {state['epoch']}")
+        state = load_checkpoint(last)  # on the CPU: the RNG states must stay there
+        progress = restore_run(state, last, model, optimizer, device, data_gen)
+        repair_run_folder(run_dir, state, progress)
+        at = progress.partial
+        log(f"resuming {run_dir} " + (f"in epoch {at['epoch']} after batch {at['batch']}" if at
+                                      else f"after epoch {progress.epoch}"))
     step_model = torch.compile(model) if config.compile else model
+    write_text_atomic(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    save = lambda path: save_checkpoint(checkpoint_state(model, optimizer, config, progress, device, data_gen), path)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
-    for epoch in range(start_epoch, config.epochs + 1):
-        model.train()
-        train_means, n_steps, seconds = train_epoch(
-            model, step_model, optimizer, train_data, config, device, data_gen, epoch, step)
-        step += n_steps
-        loss, neg_elbo, recon, kl = train_means.tolist()
-        row = {"epoch": epoch, "step": step, "train_loss": loss, "train_neg_elbo": neg_elbo,
-               "train_recon": recon, "train_kl": kl,
-               **evaluate(model, test_x, config.eval_batch_size, config.amp),
-               "images_per_s": len(train_data) / seconds, "train_seconds": seconds}
-        metrics.append(row)
-        improved = row["test_neg_elbo"] < best
-        best = min(best, row["test_neg_elbo"])
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "config": dataclasses.asdict(config), "epoch": epoch, "step": step,
-                 "rng": _rng_state(device, data_gen), "metrics": metrics, "best_test_neg_elbo": best}
-        save_checkpoint(state, last)
-        if improved:
-            save_checkpoint(state, run_dir / "best.pt")
-        _write_metrics(run_dir / "metrics.csv", metrics)
-        log(f"epoch {epoch:3d}  train {loss:8.3f}  test -ELBO {row['test_neg_elbo']:8.3f}  "
-            f"(recon {row['test_recon']:.2f}, KL {row['test_kl']:.2f})  "
-            f"{row['images_per_s']:,.0f} img/s  {seconds:.1f}s")
+    with GracefulStop() as stop:
+        log(f"training {run_dir} on {device.type} to epoch {config.epochs}; Ctrl-C stops after the current step")
+        for epoch in range(progress.epoch + 1, config.epochs + 1):
+            model.train()
+            partial, progress.partial = progress.partial, None
+            done_before = partial["batch"] if partial else 0
+            result = train_epoch(model, step_model, optimizer, train_data, config, device, data_gen,
+                                 epoch, progress.step - done_before, partial, stop)
+            progress.step += result.batch - done_before
+            if result.batch < result.n_batches:  # stopped by a signal in mid-epoch
+                progress.partial = result.partial(epoch)
+                save(last)
+                raise TrainingInterrupted(stop.signum, run_dir, f"in epoch {epoch} at step {progress.step} "
+                                          f"(batch {result.batch} of {result.n_batches})")
+            test = evaluate(model, test_x, config.eval_batch_size, config.amp)
+            row = _epoch_row(epoch, progress.step, result, len(train_data), test)
+            improved = progress.complete(row)
+            save(last)  # last.pt, best.pt, metrics.csv: in this order (see vae.runstate)
+            if improved:
+                save(run_dir / "best.pt")
+            write_metrics(run_dir / "metrics.csv", progress.metrics)
+            log(f"epoch {epoch:3d}  train {row['train_loss']:8.3f}  test -ELBO {row['test_neg_elbo']:8.3f}  "
+                f"(recon {row['test_recon']:.2f}, KL {row['test_kl']:.2f})  "
+                f"{row['images_per_s']:,.0f} img/s  {result.seconds:.1f}s")
+            if stop.signum is not None:
+                raise TrainingInterrupted(stop.signum, run_dir, f"after epoch {epoch}")
     return run_dir
+
+
+def _epoch_row(epoch: int, step: int, result: EpochResult, n_images: int, test: dict[str, float]) -> dict:
+    """The ``metrics.csv`` row of a finished epoch; a non-finite test bound stops the run."""
+    if not math.isfinite(test["test_neg_elbo"]):
+        raise NonFiniteLossError(
+            f"non-finite test -ELBO after epoch {epoch}, step {step}; stopped without saving, "
+            "the last checkpoint is the last good one (try a lower --lr or --grad-clip)"
+        )
+    loss, neg_elbo, recon, kl = (result.sums / n_images).tolist()
+    return {"epoch": epoch, "step": step, "train_loss": loss, "train_neg_elbo": neg_elbo,
+            "train_recon": recon, "train_kl": kl, **test,
+            "images_per_s": n_images / result.seconds, "train_seconds": result.seconds}

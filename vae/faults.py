@@ -1,0 +1,76 @@
+"""Test hooks: environment variables that slow down or break a run on purpose.
+
+They exist so that the reliability tests can inject a fault at an exact point
+of a real ``python train.py`` process. Nothing reads them unless they are set,
+and no user needs them.
+
+``VAE_TEST_SLOW_WRITE="last.pt=1.5,metrics.csv=1.5"``
+    Sleep that many seconds between writing (and fsyncing) the temporary file
+    of an atomic write and ``os.replace``-ing it onto the named file: a window
+    in which to kill the process in the middle of a checkpoint write.
+
+``VAE_TEST_FAULT_AT_STEP="9=nan"``
+    At global optimizer step 9 (counted from 1 over the whole run): ``nan`` or
+    ``inf`` replaces the loss before the backward pass; a signal name
+    (``SIGTERM``, ``SIGINT``, ``SIGKILL``) is sent by the process to itself
+    once the step is done.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Optional
+
+import torch
+
+__all__ = ["SLOW_WRITE_ENV", "FAULT_AT_STEP_ENV", "pause_before_replace", "StepFault"]
+
+SLOW_WRITE_ENV = "VAE_TEST_SLOW_WRITE"
+FAULT_AT_STEP_ENV = "VAE_TEST_FAULT_AT_STEP"
+
+
+def _pairs(variable: str) -> dict[str, str]:
+    """``"a=1,b=2"`` in the environment variable -> ``{"a": "1", "b": "2"}``."""
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return {}
+    try:
+        return dict(item.strip().split("=", 1) for item in text.split(","))
+    except ValueError:
+        raise ValueError(f"{variable}={text!r}: expected NAME=VALUE[,NAME=VALUE...]") from None
+
+
+def pause_before_replace(name: str) -> None:
+    """Sleep as ``VAE_TEST_SLOW_WRITE`` asks for the file called ``name`` (usually no-op)."""
+    seconds = _pairs(SLOW_WRITE_ENV).get(name)
+    if seconds:
+        time.sleep(float(seconds))
+
+
+class StepFault:
+    """The fault ``VAE_TEST_FAULT_AT_STEP`` asks for, if any; read once per epoch.
+
+    Attributes:
+        step: the global step it hits, or None; action: ``nan``, ``inf`` or a signal name.
+    """
+
+    def __init__(self) -> None:
+        items = list(_pairs(FAULT_AT_STEP_ENV).items())
+        if len(items) > 1:
+            raise ValueError(f"{FAULT_AT_STEP_ENV}: one STEP=ACTION only")
+        self.step: Optional[int] = int(items[0][0]) if items else None
+        self.action = items[0][1].strip() if items else ""
+        if self.action and self.action not in ("nan", "inf") and not hasattr(signal, self.action):
+            raise ValueError(f"{FAULT_AT_STEP_ENV}: unknown action {self.action!r} (nan, inf or a signal name)")
+
+    def loss(self, step: int, loss: torch.Tensor) -> torch.Tensor:
+        """The loss of global ``step``, replaced by NaN or Inf when asked."""
+        if step == self.step and self.action in ("nan", "inf"):
+            return loss + float(self.action)  # float("nan") or float("inf")
+        return loss
+
+    def after_step(self, step: int) -> None:
+        """Send the asked-for signal to this process once global ``step`` is done."""
+        if step == self.step and self.action not in ("nan", "inf"):
+            os.kill(os.getpid(), getattr(signal, self.action))

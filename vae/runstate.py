@@ -1,0 +1,176 @@
+"""Where a run stands, as a checkpoint: what ``last.pt`` holds and how a resume reads it.
+
+``last.pt`` is the source of truth of a run. Besides the weights it holds the
+optimizer, the RNG states, every epoch's metrics and, after a graceful stop in
+the middle of an epoch, ``partial``: the epoch in progress, how many of its
+batches are done, the data generator's state at the epoch's start (to redraw
+the same permutation) and the running sums of its losses. A resume therefore
+ends exactly where an uninterrupted run would (same device, same seed).
+
+Each epoch writes ``last.pt``, then ``best.pt`` (if the test bound improved),
+then ``metrics.csv``; a kill between two writes leaves the later files one
+epoch behind, and :func:`repair_run_folder` rewrites them from ``last.pt``.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from vae.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint, write_text_atomic
+from vae.config import TrainConfig, config_from_dict
+
+__all__ = [
+    "METRIC_COLUMNS", "RESUMABLE_OVERRIDES", "RunProgress", "resume_config", "rng_state", "set_rng_state",
+    "write_metrics", "checkpoint_state", "restore_run", "repair_run_folder",
+]
+
+METRIC_COLUMNS = (
+    "epoch", "step", "train_loss", "train_neg_elbo", "train_recon", "train_kl",
+    "test_neg_elbo", "test_recon", "test_kl", "images_per_s", "train_seconds",
+)
+RESUMABLE_OVERRIDES = ("epochs", "device", "data_dir", "out_dir", "run_name", "resume",
+                       "eval_batch_size", "amp", "compile", "plots", "progress", "grad_clip")
+RESUME_KEYS = ("optimizer", "step", "rng", "best_test_neg_elbo")
+
+
+@dataclass
+class RunProgress:
+    """How far a run got.
+
+    Attributes:
+        epoch: completed epochs; step: optimizer steps done (partial epoch included);
+        metrics: one row per completed epoch; best: lowest test -ELBO so far;
+        partial: the interrupted epoch (``epoch``, ``batch``, ``data_rng``, ``sums``
+            ``(4,)`` float64, ``seconds``), or None at an epoch boundary.
+    """
+
+    epoch: int = 0
+    step: int = 0
+    metrics: list = field(default_factory=list)
+    best: float = math.inf
+    partial: Optional[dict] = None
+
+    def complete(self, row: dict) -> bool:
+        """Record the metrics row of a finished epoch; return whether its test -ELBO is the best yet."""
+        self.metrics.append(row)
+        self.epoch, self.partial = row["epoch"], None
+        improved = row["test_neg_elbo"] < self.best
+        self.best = min(self.best, row["test_neg_elbo"])
+        return improved
+
+
+def resume_config(config: TrainConfig, explicit: set[str]) -> TrainConfig:
+    """The stored config of the run to resume, with the flags given now applied.
+
+    Only flags that leave the model and the data stream unchanged may differ
+    from the stored run (``epochs`` among them, to extend a run).
+
+    Raises:
+        ValueError: no run to resume, or a flag that contradicts the stored run.
+        vae.checkpoint.CheckpointError: ``last.pt`` is not a loadable checkpoint.
+    """
+    last = Path(config.out_dir) / config.name / "last.pt"
+    if not last.is_file():
+        raise ValueError(f"--resume: no {last} to resume from")
+    stored = config_from_dict(load_checkpoint(last)["config"])
+    for name in sorted(explicit - set(RESUMABLE_OVERRIDES)):
+        if getattr(config, name) != getattr(stored, name):
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(
+                f"--resume: {last} was trained with {flag} {getattr(stored, name)!r}; "
+                "drop the flag or start a new run"
+            )
+    return dataclasses.replace(stored, **{name: getattr(config, name) for name in explicit if name in RESUMABLE_OVERRIDES})
+
+
+def rng_state(device: torch.device, data_gen: torch.Generator) -> dict:
+    """The global RNG states and the data generator's, as CPU tensors."""
+    state = {"torch": torch.get_rng_state(), "data": data_gen.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    if device.type == "mps":
+        state["mps"] = torch.mps.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device, data_gen: torch.Generator) -> None:
+    """Restore what :func:`rng_state` saved."""
+    torch.set_rng_state(state["torch"])
+    data_gen.set_state(state["data"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    if "mps" in state and device.type == "mps":
+        torch.mps.set_rng_state(state["mps"])
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    """Write ``metrics.csv`` (one row per completed epoch) atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: row[k] for k in METRIC_COLUMNS} for row in rows)
+    write_text_atomic(path, buf.getvalue())
+
+
+def checkpoint_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
+    progress: RunProgress, device: torch.device, data_gen: torch.Generator,
+) -> dict[str, Any]:
+    """The dict :func:`vae.checkpoint.save_checkpoint` writes: plain data and tensors only."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "config": dataclasses.asdict(config), "epoch": progress.epoch, "step": progress.step,
+            "rng": rng_state(device, data_gen), "metrics": progress.metrics,
+            "best_test_neg_elbo": progress.best, "partial": progress.partial}
+
+
+def restore_run(
+    state: dict[str, Any], path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    device: torch.device, data_gen: torch.Generator,
+) -> RunProgress:
+    """Load a checkpoint read on the CPU into the model, optimizer and generators.
+
+    Raises:
+        vae.checkpoint.CheckpointError: the checkpoint lacks the training state or does not fit.
+    """
+    missing = [key for key in RESUME_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f"{path}: cannot resume from it, it lacks {', '.join(missing)}")
+    load_weights(model, state["model"], path)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"], device, data_gen)
+    except (RuntimeError, TypeError, ValueError, KeyError, IndexError) as err:
+        first = (str(err).strip() or type(err).__name__).splitlines()[0]
+        raise CheckpointError(f"{path}: cannot resume from its training state ({first})") from None
+    return RunProgress(state["epoch"], state["step"], list(state["metrics"]),
+                       state["best_test_neg_elbo"], state.get("partial"))
+
+
+def _epoch_of(path: Path) -> Optional[int]:
+    try:
+        return load_checkpoint(path)["epoch"]
+    except CheckpointError:
+        return None
+
+
+def repair_run_folder(run_dir: Path, state: dict[str, Any], progress: RunProgress) -> None:
+    """Bring ``metrics.csv`` and ``best.pt`` in line with ``last.pt`` after a crash.
+
+    ``metrics.csv`` is rewritten from the checkpoint's rows; ``best.pt`` is
+    rewritten when the last completed epoch is the best one and a kill
+    stopped its copy (only an epoch-boundary ``last.pt`` can stand in for it).
+    """
+    write_metrics(run_dir / "metrics.csv", progress.metrics)
+    if not progress.metrics or progress.partial is not None:
+        return
+    best_row = min(progress.metrics, key=lambda row: row["test_neg_elbo"])
+    best_path = run_dir / "best.pt"
+    if best_row["epoch"] == progress.epoch and _epoch_of(best_path) != progress.epoch:
+        save_checkpoint({k: v for k, v in state.items() if k != "format"}, best_path)
