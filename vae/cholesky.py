@@ -94,7 +94,7 @@ def _positive(u: torch.Tensor, diag_transform: str) -> torch.Tensor:
 
 def _positive_inverse(d: torch.Tensor, diag_transform: str) -> torch.Tensor:
     y = d - DIAG_FLOOR
-    if bool((y <= 0).any()):
+    if not bool((y > 0).all()):  # also catches NaN
         raise ValueError(f"diagonal entries must exceed the floor {DIAG_FLOOR:g}")
     if diag_transform == "softplus":
         return y + torch.log(-torch.expm1(-y))  # log(exp(y) - 1), stable for all y > 0
@@ -190,8 +190,14 @@ def mvn_log_prob(x: torch.Tensor, loc: torch.Tensor, scale_tril: torch.Tensor) -
     Returns:
         log p(x), shape ``(...)``.
     """
-    diff = (at_least_float32(x) - loc).unsqueeze(-1)  # (..., D, 1)
+    dtype = torch.promote_types(torch.promote_types(x.dtype, loc.dtype), scale_tril.dtype)
+    scale_tril = at_least_float32(scale_tril.to(dtype))
+    diff = at_least_float32(x.to(dtype)) - loc.to(scale_tril.dtype)  # (..., D)
     # L^{-1} (x - loc) by forward substitution; no inverse is ever formed.
-    eps = torch.linalg.solve_triangular(scale_tril, diff, upper=False).squeeze(-1)  # (..., D)
+    if scale_tril.dim() == 2:  # one factor for all points: a single (D, M) right-hand side
+        flat = diff.reshape(-1, diff.shape[-1])  # (M, D)
+        eps = torch.linalg.solve_triangular(scale_tril, flat.T, upper=False).T.reshape(diff.shape)
+    else:
+        eps = torch.linalg.solve_triangular(scale_tril, diff.unsqueeze(-1), upper=False).squeeze(-1)
     dim = scale_tril.shape[-1]
     return -0.5 * eps.pow(2).sum(-1) - log_diag(scale_tril).sum(-1) - 0.5 * dim * math.log(2 * math.pi)
