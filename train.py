@@ -39,8 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     config = config_from_args(args)
     try:  # before importing torch: a bad flag or output folder is answered at once
         config.validate()
-        if not config.resume:
-            config.make_run_dir()
+        config.check_run_dir()
     except ValueError as err:
         parser.error(str(err))  # one line, exit code 2
 

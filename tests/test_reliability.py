@@ -38,7 +38,7 @@ from vae.training import NonFiniteLossError, TrainingInterrupted, resume_config,
 TIMING_COLUMNS = {"images_per_s", "train_seconds"}
 EPOCHS, STEPS_PER_EPOCH = 4, 6  # 96 fake training images in batches of 16
 TIMEOUT = 180  # seconds; generous for a loaded 2-core machine
-SLOW_WRITE = "1.0"  # seconds a hooked write waits before os.replace: the window to kill into
+SLOW_WRITE = "2.0"  # seconds a hooked write waits before os.replace: the window to kill into (>> poll latency)
 MODEL_FLAGS = ("--hidden", "16", "--latent-dim", "2", "--batch-size", "16", "--no-plots", "--no-progress",
                "--device", "cpu")
 
@@ -438,8 +438,8 @@ FLAG_ERRORS = {
     "negative k": (["--k", "-2"], "--k"),
     "zero grad clip": (["--grad-clip", "0"], "--grad-clip"),
     "unknown flag": (["--bogus"], "--bogus"),
-    "out-dir is a file": (["--out-dir", "{file}"], "--out-dir", "cannot write the run folder", "{file}"),
-    "out-dir under a file": (["--out-dir", "{file}/sub"], "--out-dir", "cannot write the run folder", "{file}/sub"),
+    "out-dir is a file": (["--out-dir", "{file}"], "--out-dir", "{file} is a file, not a folder"),
+    "out-dir under a file": (["--out-dir", "{file}/sub"], "--out-dir {file}/sub", "{file} is a file, not a folder"),
 }
 
 
@@ -467,7 +467,10 @@ def corrupt(data: Path, folder: Path, name: str, edit) -> Path:
 
 @pytest.fixture(scope="module")
 def bad_environment_results(data, tmp_path_factory) -> dict:
-    """The bad inputs that need torch to be found, run through the CLI a few at a time."""
+    """The bad inputs that need torch to be found, run through the CLI a few at a time.
+
+    Returns ``{case: (result, out_dir)}``.
+    """
     base = tmp_path_factory.mktemp("bad")
     corrupted = {
         "bad magic number": ("train-images-idx3-ubyte", lambda b: b"\x12\x34\x56\x78" + b[4:]),
@@ -475,11 +478,13 @@ def bad_environment_results(data, tmp_path_factory) -> dict:
         "truncated header": ("t10k-labels-idx1-ubyte", lambda b: b[:3]),
         "empty labels": ("train-labels-idx1-ubyte", lambda b: b""),
     }
-    commands = {"cuda without CUDA": (data, base / "o1", ["--device", "cuda"])}
+    runs = {"cuda without CUDA": (data, base / "out-cuda", ["--device", "cuda"])}
     for case, (name, edit) in corrupted.items():
-        commands[case] = (corrupt(data, base / case.replace(" ", "-"), name, edit), base / "o2", [])
-    return run_many({case: ["train.py", *train_args(root, out, "r", *extra)]
-                     for case, (root, out, extra) in commands.items()})
+        folder = base / case.replace(" ", "-")
+        runs[case] = (corrupt(data, folder, name, edit), folder / "out", [])
+    results = run_many({case: ["train.py", *train_args(root, out, "r", *extra)]
+                        for case, (root, out, extra) in runs.items()})
+    return {case: (results[case], runs[case][1]) for case in runs}
 
 
 ENVIRONMENT_ERRORS = {
@@ -495,7 +500,9 @@ ENVIRONMENT_ERRORS = {
 def test_a_missing_device_or_a_corrupted_dataset_is_one_line_and_exit_2(bad_environment_results, case):
     if case == "cuda without CUDA" and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
-    assert_one_line_error(bad_environment_results[case], 2, *ENVIRONMENT_ERRORS[case])
+    result, out = bad_environment_results[case]
+    assert_one_line_error(result, 2, *ENVIRONMENT_ERRORS[case])
+    assert not out.exists()  # refused before the run folder was created
 
 
 # ---------------------------------------------------------------- 6. determinism

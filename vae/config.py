@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import tempfile
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,21 +80,22 @@ class TrainConfig:
         """The run folder's name."""
         return self.run_name or f"{self.dataset}-{self.posterior}-d{self.latent_dim}-s{self.seed}"
 
-    def make_run_dir(self) -> Path:
-        """Create ``<out_dir>/<name>`` (parents included) and check that it can be written.
+    def check_run_dir(self) -> Path:
+        """The run folder ``<out_dir>/<name>``, once sure that it can be created; nothing is created.
 
         Raises:
-            ValueError: a file in the way, or a folder that cannot be written.
+            ValueError: a file stands in the way, or the nearest existing folder cannot be written.
         """
         run_dir = Path(self.out_dir) / self.name
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=run_dir):
-                pass
-        except OSError as err:
-            raise ValueError(
-                f"--out-dir {self.out_dir}: cannot write the run folder {run_dir} ({err.strerror or err})"
-            ) from None
+        existing = run_dir
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ValueError(f"--out-dir {self.out_dir}: cannot create the run folder {run_dir}, "
+                             f"{existing} is a file, not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ValueError(f"--out-dir {self.out_dir}: cannot create the run folder {run_dir}, "
+                             f"{existing} is not writable")
         return run_dir
 
 

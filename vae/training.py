@@ -203,14 +203,12 @@ def train(config: TrainConfig, log=print) -> Path:
     """
     config.validate()
     device = resolve_device(config.device)
-    run_dir = Path(config.out_dir) / config.name
+    run_dir = config.check_run_dir()
     last = run_dir / "last.pt"
     if config.resume and not last.is_file():
         raise ValueError(f"--resume: no {last} to resume from")
     if not config.resume and last.is_file():
         raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-name")
-    config.make_run_dir()
-    remove_stale_temporaries(run_dir)  # left by a killed writer; the files they were to replace are intact
     if config.amp and device.type != "cuda":
         log(f"note: --amp applies to CUDA only; training in float32 on {device.type}")
 
@@ -222,6 +220,11 @@ def train(config: TrainConfig, log=print) -> Path:
     data_gen = torch.Generator(device=device).manual_seed(config.seed)
     model = build_model(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out-dir {config.out_dir}: cannot create the run folder {run_dir} ({err.strerror})") from None
+    remove_stale_temporaries(run_dir)  # left by a killed writer; the files they were to replace are intact
     progress = RunProgress()
     if config.resume:
         state = load_checkpoint(last)  # on the CPU: the RNG states must stay there
