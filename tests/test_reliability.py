@@ -405,7 +405,7 @@ def test_grad_clip_changes_training_and_a_huge_one_changes_nothing(data, tmp_pat
     diag_transform=st.sampled_from(["softplus", "exp"]),
 )
 def test_the_encoder_never_gives_a_singular_factor(weight_scale, input_scale, seed, posterior, diag_transform):
-    """Extreme encoder weights and inputs: raw factor entries up to ~1e31, L still finite and invertible."""
+    """Extreme encoder weights and inputs: raw factor entries up to ~1e28, L still finite and invertible."""
     g = torch.Generator().manual_seed(seed)
     model = VAE(latent_dim=3, hidden=(8,), posterior=posterior, diag_transform=diag_transform)
     with torch.no_grad():
