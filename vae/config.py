@@ -103,7 +103,7 @@ class ArgumentParser(argparse.ArgumentParser):
     """An argparse parser whose usage errors are one line on stderr and exit code 2."""
 
     def error(self, message: str) -> typing.NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {message.splitlines()[0] if message else message}\n")
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls=TrainConfig, with_defaults: bool = True) -> None:

@@ -41,6 +41,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
+from vae.config import ArgumentParser  # torch-free: a bad flag is answered before torch loads
+
 __all__ = ["PROBLEMS", "CONVERGED", "ToyConfig", "random_covariance", "make_problem", "main"]
 
 PROBLEMS = {"mse": ("mse", 1000, 500), "mle": ("nll", 100, 1000), "batched": ("nll", 1024, 1000)}
@@ -110,13 +112,8 @@ def _png_path(out: Optional[str], problem: str) -> str:
     return out
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit code 2, never a traceback
-        self.exit(2, f"{self.prog}: error: {message.splitlines()[0]} (see --help)\n")
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="python -m vae.toy", description="Learn a Gaussian's covariance on a toy problem.")
+    parser = ArgumentParser(prog="python -m vae.toy", description="Learn a Gaussian's covariance on a toy problem.")
     parser.add_argument("problem", choices=tuple(PROBLEMS), help="which toy problem")
     for f in dataclasses.fields(ToyConfig)[1:]:
         meta = dict(f.metadata)
