@@ -94,3 +94,25 @@ def test_cli_writes_json_beside_the_checkpoint(fake_mnist, tmp_path):
     assert k20["nll"] < saved["nll"]
     bad = run_cli("-m", "vae.evaluate", str(tmp_path / "r" / "best.pt"), "--k", "0")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_exported_model_is_slim_and_loads(fake_mnist, tmp_path):
+    from vae.checkpoint import export_model, load_checkpoint, load_model
+
+    args = ["train.py", "--data-dir", str(fake_mnist), "--out-dir", str(tmp_path), "--run-name", "r",
+            "--latent-dim", "2", "--hidden", "16", "--epochs", "1", "--no-plots", "--no-progress", "--device", "cpu"]
+    assert run_cli(*args).returncode == 0
+    best, slim = tmp_path / "r" / "best.pt", tmp_path / "slim.pt"
+    export_model(best, slim)
+    assert slim.stat().st_size < 0.6 * best.stat().st_size
+    assert "optimizer" not in load_checkpoint(slim) and "rng" not in load_checkpoint(slim)
+    a, b = load_model(best), load_model(slim)
+    x = torch.rand(3, 784)
+    torch.testing.assert_close(a.encode(x), b.encode(x), rtol=0, atol=0)
+    assert run_cli("-m", "vae.evaluate", str(slim), "--k", "2", "--no-progress").returncode == 0
+
+
+def test_missing_default_checkpoint_is_one_line(tmp_path):
+    result = run_cli("-m", "vae.evaluate", str(tmp_path / "absent.pt"))
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "absent.pt" in result.stderr

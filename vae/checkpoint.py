@@ -23,10 +23,12 @@ from vae.model import VAE
 
 __all__ = [
     "CheckpointError", "FORMAT", "save_checkpoint", "write_text_atomic", "remove_stale_temporaries",
-    "load_checkpoint", "build_model", "load_weights", "load_model",
+    "load_checkpoint", "build_model", "load_weights", "load_model", "PRETRAINED", "export_model",
 ]
 
 FORMAT = "fullcov-vae/1"
+PRETRAINED = Path(__file__).resolve().parents[1] / "checkpoints" / "pretrained" / "model.pt"
+"""The shipped MNIST model (in a source checkout): the default of ``vae.evaluate`` and ``vae.visualize``."""
 REQUIRED_KEYS = ("format", "model", "config", "epoch", "metrics")
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
@@ -155,3 +157,14 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> VA
     model = build_model(config_from_dict(state["config"]))
     load_weights(model, state["model"], path)
     return model.to(map_location).eval()
+
+
+def export_model(source: str | Path, target: str | Path) -> None:
+    """Write a slim copy of a checkpoint for sharing: weights, config, epoch and metrics.
+
+    The optimizer and RNG states are dropped (it cannot be resumed), which
+    makes it about a third of the size. :func:`load_model` reads it as usual.
+    """
+    state = load_checkpoint(source)
+    keep = ("model", "config", "epoch", "step", "metrics", "best_test_neg_elbo")
+    save_checkpoint({key: state[key] for key in keep if key in state}, target)

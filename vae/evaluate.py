@@ -27,16 +27,15 @@ from typing import Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
-from vae.checkpoint import CheckpointError, load_checkpoint, load_model
+from vae.checkpoint import PRETRAINED, CheckpointError, load_checkpoint, load_model
 from vae.config import ArgumentParser, config_from_dict
 from vae.data import DataError, binarize_fixed, load_split
 from vae.model import VAE
 from vae.objectives import bernoulli_log_likelihood, log_posterior, log_standard_normal
 from vae.training import resolve_device
 
-__all__ = ["PRETRAINED", "importance_weighted_bounds", "evaluate_model", "main"]
+__all__ = ["importance_weighted_bounds", "evaluate_model", "main"]
 
-PRETRAINED = Path(__file__).resolve().parents[1] / "checkpoints" / "pretrained" / "model.pt"
 MAX_ROWS = 20_000  # images x samples decoded at once: bounds memory (~63 MB of logits)
 
 
@@ -95,7 +94,7 @@ def evaluate_model(
 def main(argv: Optional[list[str]] = None) -> int:
     parser = ArgumentParser(prog="python -m vae.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", nargs="?", default=None,
-                        help=f"checkpoint to evaluate (default: the shipped {PRETRAINED.relative_to(PRETRAINED.parents[2])})")
+                        help="checkpoint to evaluate (default: the shipped checkpoints/pretrained/model.pt)")
     parser.add_argument("--k", type=int, default=5000, help="importance samples per image (default: 5000)")
     parser.add_argument("--split", choices=("test", "train"), default="test")
     parser.add_argument("--batch-size", type=int, default=20, help="images per pass (default: 20)")

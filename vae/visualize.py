@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import torch
 from matplotlib.figure import Figure
 
-from vae.checkpoint import CheckpointError, load_checkpoint, load_model
+from vae.checkpoint import PRETRAINED, CheckpointError, load_checkpoint, load_model
 from vae.config import ArgumentParser, config_from_dict
 from vae.data import DataError, load_split
 from vae.model import VAE
@@ -195,7 +195,9 @@ def write_run_pictures(
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = ArgumentParser(prog="python -m vae.visualize", description="Draw every picture of a trained VAE.")
-    parser.add_argument("checkpoint", help="a best.pt or last.pt written by train.py")
+    parser.add_argument("checkpoint", nargs="?", default=str(PRETRAINED),
+                        help="a best.pt or last.pt written by train.py (default: the shipped "
+                             "checkpoints/pretrained/model.pt)")
     parser.add_argument("--out", help="folder for the PNGs (default: the checkpoint's folder)")
     parser.add_argument("--data-dir", help="dataset root (default: the run's, else $VAE_DATA_DIR, else ./data)")
     args = parser.parse_args(argv)
