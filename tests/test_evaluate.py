@@ -116,3 +116,20 @@ def test_missing_default_checkpoint_is_one_line(tmp_path):
     result = run_cli("-m", "vae.evaluate", str(tmp_path / "absent.pt"))
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "absent.pt" in result.stderr
+
+
+def test_the_shipped_pretrained_model_loads_and_evaluates(real_data, tmp_path):
+    from vae.checkpoint import PRETRAINED, load_checkpoint, load_model
+
+    assert PRETRAINED.is_file() and PRETRAINED.stat().st_size < 10 * 2**20
+    state = load_checkpoint(PRETRAINED)
+    assert state["config"]["posterior"] == "full" and state["epoch"] == len(state["metrics"])
+    model = load_model(PRETRAINED)
+    assert model.latent_dim == state["config"]["latent_dim"]
+    out = tmp_path / "eval.json"
+    result = run_cli("-m", "vae.evaluate", "--k", "20", "--limit", "200", "--no-progress",
+                     "--data-dir", str(real_data), "--out", str(out))  # no path: the pretrained model
+    assert result.returncode == 0, result.stderr
+    saved = json.loads(out.read_text())
+    assert saved["checkpoint"] == str(PRETRAINED)
+    assert 60 < saved["nll"] < saved["neg_elbo"] < 120  # a trained model, not a random one (~545)
