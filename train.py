@@ -79,8 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     if config.plots:
         from vae.visualize import write_run_pictures
 
-        for path in write_run_pictures(run_dir / "best.pt", run_dir, data_dir=config.data_dir):
-            print(f"wrote {path}")
+        try:
+            for path in write_run_pictures(run_dir / "best.pt", run_dir, data_dir=config.data_dir):
+                print(f"wrote {path}")
+        except (DataError, CheckpointError, OSError) as err:  # the run itself is saved
+            return fail(f"training finished, but the pictures could not be written: {err}")
     print(f"run folder: {run_dir}")
     return 0
 

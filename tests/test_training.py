@@ -122,3 +122,24 @@ def test_cuda_amp_epoch(fake_mnist, tmp_path):
     run_dir = train(tiny_config(fake_mnist, tmp_path, device="cuda", amp=True), log=lambda *_: None)
     assert float(read_metrics(run_dir)[0]["test_neg_elbo"]) > 0
     assert vae.load_model(run_dir / "last.pt", map_location="cuda").encode(torch.rand(2, 784, device="cuda"))[1].dtype == torch.float32
+
+
+def test_binarization_draws_are_fresh_random_numbers(fake_mnist, tmp_path, monkeypatch):
+    """The data stream neither replays the weight init (same seed) nor the epoch's permutation draws."""
+    import vae.training as training
+
+    seen = []
+    real_binarize = training.binarize
+
+    def spy(images, generator):
+        seen.append((generator.initial_seed(), generator.get_state().clone()))
+        return real_binarize(images, generator)
+
+    monkeypatch.setattr(training, "binarize", spy)
+    starts = []
+    real_batches = training.batch_indices
+    monkeypatch.setattr(training, "batch_indices",
+                        lambda n, b, g, d: (starts.append(g.get_state().clone()), real_batches(n, b, g, d))[1])
+    train(tiny_config(fake_mnist, tmp_path, seed=7), log=lambda *_: None)
+    assert seen[0][0] != 7 and seen[0][0] != torch.initial_seed()  # its own seed, not the global RNG's
+    assert not torch.equal(seen[0][1], starts[0])  # the first batch's draws come after the permutation's

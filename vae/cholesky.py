@@ -45,7 +45,7 @@ __all__ = [
 
 DIAG_TRANSFORMS = ("softplus", "exp")
 DIAG_FLOOR = 1e-5  # added to every diagonal entry: L is never singular
-EXP_MAX = 80.0  # exp(80) ~ 5.5e34 < float32 max; keeps "exp" finite
+EXP_MAX = 40.0  # exp(40)^2 ~ 5.5e34 < float32 max: L, L L^T and the KL stay finite
 
 
 def tril_size(dim: int) -> int:

@@ -63,6 +63,8 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be a positive integer, got {self.limit}")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"--seed must be in [0, 2**63), got {self.seed}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"--lr must be a positive finite number, got {self.lr}")
         if self.grad_clip is not None and not self.grad_clip > 0:

@@ -171,8 +171,11 @@ TEST_BINARIZATION_SEED = 20151101  # evaluation splits are binarized once, the s
 
 
 def binarize_fixed(images: torch.Tensor, seed: int = TEST_BINARIZATION_SEED) -> torch.Tensor:
-    """One reproducible binarization of an evaluation split (the protocol's fixed test set)."""
-    return binarize(images, torch.Generator(device=images.device).manual_seed(seed))
+    """One reproducible binarization of an evaluation split (the protocol's fixed test set).
+
+    Drawn on the CPU, so the fixed test set is the same whatever the device.
+    """
+    return binarize(images.cpu(), torch.Generator().manual_seed(seed)).to(images.device)
 
 
 def batch_indices(

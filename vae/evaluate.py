@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,8 +32,8 @@ from vae.checkpoint import PRETRAINED, CheckpointError, load_checkpoint, load_mo
 from vae.config import ArgumentParser, config_from_dict
 from vae.data import DataError, binarize_fixed, load_split
 from vae.model import VAE
-from vae.objectives import bernoulli_log_likelihood, log_posterior, log_standard_normal
-from vae.training import resolve_device
+from vae.objectives import bernoulli_log_likelihood, log_weights
+from vae.training import accumulator_dtype, resolve_device
 
 __all__ = ["importance_weighted_bounds", "evaluate_model", "main"]
 
@@ -59,7 +60,7 @@ def importance_weighted_bounds(
     running_sum = torch.zeros_like(running_lse)
     for start in range(0, k, chunk):
         eps, z = VAE.reparameterize(loc, scale_tril, min(chunk, k - start), generator)  # (N, C, D)
-        log_w = log_likelihood(z) + log_standard_normal(z) - log_posterior(eps, scale_tril)  # (N, C)
+        log_w = log_weights(log_likelihood(z), z, eps, scale_tril)  # (N, C)
         running_lse = torch.logaddexp(running_lse, torch.logsumexp(log_w, dim=1))
         running_sum += log_w.sum(1)
     return running_sum / k, running_lse - math.log(k)
@@ -79,13 +80,13 @@ def evaluate_model(
     model.eval()
     generator = torch.Generator(device=images.device).manual_seed(seed)
     chunk = max(1, min(k, MAX_ROWS // batch_size))
-    sums = torch.zeros(2, dtype=torch.float64, device=images.device)  # -elbo, nll
+    sums = torch.zeros(2, dtype=accumulator_dtype(images.device), device=images.device)  # -elbo, nll
     with tqdm(total=len(images), desc=f"K={k}", unit="img", disable=not progress, dynamic_ncols=True) as bar:
         for x in images.split(batch_size):
             loc, scale_tril = model.encode(x)
             log_lik = lambda z: bernoulli_log_likelihood(model.decode(z), x)  # noqa: E731
             elbo, log_px = importance_weighted_bounds(log_lik, loc, scale_tril, k, chunk, generator)
-            sums -= torch.stack([elbo.sum(), log_px.sum()]).double()
+            sums -= torch.stack([elbo.sum(), log_px.sum()]).to(sums.dtype)
             bar.update(len(x))
     neg_elbo, nll = (sums / len(images)).tolist()
     return {"neg_elbo": neg_elbo, "nll": nll, "bits_per_dim": nll / (images.shape[1] * math.log(2))}
@@ -109,8 +110,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if not 0 <= args.seed < 2**63:
+        parser.error(f"--seed must be in [0, 2**63), got {args.seed}")
     checkpoint = Path(args.checkpoint) if args.checkpoint else PRETRAINED
     out = Path(args.out) if args.out else checkpoint.parent / f"eval-{args.split}-k{args.k}.json"
+    if out.is_dir() or not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+        parser.error(f"--out {out}: cannot write there")  # checked before a long evaluation
     try:
         device = resolve_device(args.device)
         config = config_from_dict(load_checkpoint(checkpoint)["config"])
@@ -125,6 +130,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     images = split.images
     if config.binarize == "dynamic":
         images = binarize_fixed(images)
+    else:
+        print(f"note: {checkpoint} was trained on intensities (--binarize none); the Bernoulli "
+              "bound on them is not a likelihood of binary images", file=sys.stderr)
     start = time.perf_counter()
     result = evaluate_model(model, images, args.k, args.batch_size, args.seed, args.progress)
     result = {"checkpoint": str(checkpoint), "split": args.split, "images": len(images), "k": args.k,

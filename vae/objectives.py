@@ -29,6 +29,7 @@ __all__ = [
     "Bound",
     "log_standard_normal",
     "log_posterior",
+    "log_weights",
     "kl_standard_normal",
     "bernoulli_log_likelihood",
     "negative_elbo",
@@ -94,11 +95,22 @@ def log_posterior(eps: torch.Tensor, scale_tril: torch.Tensor) -> torch.Tensor:
     return log_standard_normal(eps) - log_diag(scale_tril).sum(-1, keepdim=True)
 
 
+def log_weights(log_px_z: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, scale_tril: torch.Tensor) -> torch.Tensor:
+    """Importance log-weights log p(x|z) + log p(z) - log q(z|x) of draws z = loc + L eps.
+
+    Args:
+        log_px_z: ``(N, K)``; z, eps: ``(N, K, D)``; scale_tril: ``(N, D, D)``.
+
+    Returns:
+        ``(N, K)``.
+    """
+    return log_px_z + log_standard_normal(z) - log_posterior(eps, scale_tril)
+
+
 def _log_weights(model: VAE, x: torch.Tensor, k: int):
     posterior, logits = model(x, k)
     log_px_z = bernoulli_log_likelihood(logits, x)  # (N, K)
-    log_w = log_px_z + log_standard_normal(posterior.z) - log_posterior(posterior.eps, posterior.scale_tril)
-    return posterior, log_px_z, log_w
+    return posterior, log_px_z, log_weights(log_px_z, posterior.z, posterior.eps, posterior.scale_tril)
 
 
 def log_importance_weights(model: VAE, x: torch.Tensor, k: int) -> torch.Tensor:

@@ -35,7 +35,7 @@ METRIC_COLUMNS = (
     "epoch", "step", "train_loss", "train_neg_elbo", "train_recon", "train_kl",
     "test_neg_elbo", "test_recon", "test_kl", "images_per_s", "train_seconds",
 )
-RESUMABLE_OVERRIDES = ("epochs", "device", "data_dir", "out_dir", "run_name", "resume",
+RESUMABLE_OVERRIDES = ("epochs", "data_dir", "out_dir", "run_name", "resume",
                        "eval_batch_size", "amp", "compile", "plots", "progress", "grad_clip")
 RESUME_KEYS = ("optimizer", "step", "rng", "best_test_neg_elbo")
 

@@ -34,9 +34,10 @@ from vae.runstate import (
 
 __all__ = [
     "METRIC_COLUMNS", "NonFiniteLossError", "TrainingInterrupted", "EpochResult", "resolve_device",
-    "autocast", "evaluate", "make_optimizer", "train_epoch", "resume_config", "train",
+    "accumulator_dtype", "autocast", "evaluate", "make_optimizer", "train_epoch", "resume_config", "train",
 ]
 
+DATA_SEED_OFFSET = 0x5EED  # the data generator's seed is the run's seed plus this
 EVAL_NOISE_SEED = 0  # the per-epoch test bound uses the same posterior noise every epoch
 PROGRESS_EVERY = 50  # steps between host syncs for the progress bar and the finiteness check
 
@@ -57,6 +58,11 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda", "mps"):
         raise ValueError(f"--device must be one of auto, cpu, cuda, mps, got {name!r}")
     return torch.device(name)
+
+
+def accumulator_dtype(device: torch.device) -> torch.dtype:
+    """float64 for running sums of losses, except on MPS, which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -82,7 +88,7 @@ def evaluate(model: VAE, images: torch.Tensor, batch_size: int = 1000, amp: bool
     """
     was_training = model.training
     model.eval()
-    sums = torch.zeros(3, device=images.device, dtype=torch.float64)  # loss, recon, kl
+    sums = torch.zeros(3, device=images.device, dtype=accumulator_dtype(images.device))  # loss, recon, kl
     device = images.device
     devices = [device.index or 0] if device.type in ("cuda", "mps") else []
     with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
@@ -90,7 +96,7 @@ def evaluate(model: VAE, images: torch.Tensor, batch_size: int = 1000, amp: bool
         for x in images.split(batch_size):
             with autocast(images.device, amp):
                 bound = negative_elbo(model, x)
-            sums += torch.stack([bound.loss.sum(), bound.recon.sum(), bound.kl.sum()]).double()
+            sums += torch.stack([bound.loss.sum(), bound.recon.sum(), bound.kl.sum()]).to(sums.dtype)
     model.train(was_training)
     loss, recon, kl = (sums / images.shape[0]).tolist()
     return {"test_neg_elbo": loss, "test_recon": recon, "test_kl": kl}
@@ -143,13 +149,17 @@ def train_epoch(
         NonFiniteLossError: a step's loss was NaN or Inf.
     """
     loss_fn, fault = _bound(config), StepFault()
-    start_rng = data_gen.get_state() if partial is None else partial["data_rng"]
-    resume_rng = data_gen.get_state()
-    data_gen.set_state(start_rng)
-    batches = list(batch_indices(len(data), config.batch_size, data_gen, device))  # the epoch's permutation
-    data_gen.set_state(resume_rng)  # a no-op unless the epoch was interrupted
+    if partial is None:
+        start_rng = data_gen.get_state()
+        batches = list(batch_indices(len(data), config.batch_size, data_gen, device))  # the epoch's permutation
+    else:  # redraw the interrupted epoch's permutation, then continue its draws where they stopped
+        start_rng, resume_rng = partial["data_rng"], data_gen.get_state()
+        data_gen.set_state(start_rng)
+        batches = list(batch_indices(len(data), config.batch_size, data_gen, device))
+        data_gen.set_state(resume_rng)
     first = partial["batch"] if partial else 0
-    sums = partial["sums"].to(device, torch.float64) if partial else torch.zeros(4, device=device, dtype=torch.float64)
+    acc = accumulator_dtype(device)
+    sums = partial["sums"].to(device, acc) if partial else torch.zeros(4, device=device, dtype=acc)
     window = []  # per-step (loss, recon, KL) sums since the last host sync, on the device
     done_images = min(first * config.batch_size, len(data))
     bar = tqdm(total=len(data), initial=done_images, desc=f"epoch {epoch}/{config.epochs}", unit="img",
@@ -174,7 +184,7 @@ def train_epoch(
         fault.after_step(step + done)  # test hook, see vae.faults
         stopping = stop is not None and stop.signum is not None and done < len(batches)
         if done % PROGRESS_EVERY == 0 or done == len(batches) or stopping:
-            steps = torch.stack(window).double()  # (W, 3)
+            steps = torch.stack(window).to(sums.dtype)  # (W, 3)
             window.clear()
             bad = (~torch.isfinite(steps[:, 0])).nonzero()
             if len(bad):
@@ -224,7 +234,8 @@ def train(config: TrainConfig, log=print) -> Path:
     test_x = binarize_fixed(test_data.images) if config.binarize == "dynamic" else test_data.images
 
     torch.manual_seed(config.seed)
-    data_gen = torch.Generator(device=device).manual_seed(config.seed)
+    # its own stream: seeded like the global RNG, its draws would replay the weight init
+    data_gen = torch.Generator(device=device).manual_seed(config.seed + DATA_SEED_OFFSET)
     model = build_model(config).to(device)
     optimizer = make_optimizer(model, config, device)
     try:
@@ -240,6 +251,8 @@ def train(config: TrainConfig, log=print) -> Path:
         at = progress.partial
         log(f"resuming {run_dir} " + (f"in epoch {at['epoch']} after batch {at['batch']}" if at
                                       else f"after epoch {progress.epoch}"))
+        if progress.epoch >= config.epochs and not at:
+            log(f"note: {run_dir} already has {progress.epoch} epochs; pass --epochs above that to extend it")
     step_model = torch.compile(model) if config.compile else model
     write_text_atomic(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
     save = lambda path: save_checkpoint(checkpoint_state(model, optimizer, config, progress, device, data_gen), path)
