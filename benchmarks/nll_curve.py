@@ -10,7 +10,6 @@ samples; the table is printed as markdown and the curves saved as a PNG.
 """
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
@@ -19,6 +18,8 @@ import torch
 from matplotlib.figure import Figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vae.config import ArgumentParser  # noqa: E402
 
 from vae.checkpoint import load_checkpoint, load_model  # noqa: E402
 from vae.config import config_from_dict  # noqa: E402
@@ -32,17 +33,23 @@ def snapshots(folder: Path) -> list[tuple[int, Path]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="LABEL=FOLDER of e<EPOCH>.pt snapshots")
     parser.add_argument("--k", type=int, default=5000)
     parser.add_argument("--limit", type=int, default=1000, help="test images per evaluation")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default="nll-vs-epochs.png")
     args = parser.parse_args(argv)
+    if min(args.k) < 1 if isinstance(args.k, list) else args.k < 1:
+        parser.error("--k must be positive")
+    if min(args.limit) < 1 if isinstance(args.limit, list) else args.limit < 1:
+        parser.error("--limit must be positive")
     curves = {}
     images = None
     for spec in args.runs:
         label, _, folder = spec.partition("=")
+        if not label or not folder or not snapshots(Path(folder)):
+            parser.error(f"{spec!r}: expected LABEL=FOLDER with e<EPOCH>.pt snapshots in FOLDER")
         for epoch, path in snapshots(Path(folder)):
             if images is None:
                 config = config_from_dict(load_checkpoint(path)["config"])

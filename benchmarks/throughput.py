@@ -16,7 +16,6 @@ and prints a markdown table with the three target ratios at 784-400-20.
 """
 from __future__ import annotations
 
-import argparse
 import platform
 import sys
 import time
@@ -28,6 +27,8 @@ import torchvision
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vae.config import ArgumentParser  # noqa: E402
 
 from vae.config import TrainConfig  # noqa: E402
 from vae.data import load_split, resolve_data_dir  # noqa: E402
@@ -110,7 +111,7 @@ def _sync(device):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None, help="dataset root (default $VAE_DATA_DIR, else ./data)")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--latent-dims", type=int, nargs="+", default=[2, 20, 64])
@@ -119,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="our batch sizes (default: 128, the classic example's; the targets use 128)")
     parser.add_argument("--repeats", type=int, default=2, help="epochs timed per setting; the fastest counts")
     args = parser.parse_args(argv)
+    if min(args.repeats) < 1 if isinstance(args.repeats, list) else args.repeats < 1:
+        parser.error("--repeats must be positive")
+    if min(args.latent_dims) < 1 if isinstance(args.latent_dims, list) else args.latent_dims < 1:
+        parser.error("--latent-dims must be positive")
+    if min(args.batch_sizes) < 1 if isinstance(args.batch_sizes, list) else args.batch_sizes < 1:
+        parser.error("--batch-sizes must be positive")
     device = resolve_device(args.device)
     data_dir = resolve_data_dir(args.data_dir)
     train_data = load_split("mnist", str(data_dir), train=True, limit=args.limit, device=device)

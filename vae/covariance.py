@@ -254,6 +254,8 @@ def fit_covariance(data_or_loader: DataOrLoader, objective: str = "mse", *, opti
         torch.manual_seed(seed)
 
     is_tensor = isinstance(data_or_loader, torch.Tensor)
+    if not is_tensor and iter(data_or_loader) is data_or_loader:
+        raise ValueError("data must be an (N, D) tensor or a re-iterable loader, not a one-shot iterator")
     if device is None:
         device = data_or_loader.device if is_tensor else "cpu"
     dtype = data_or_loader.dtype if is_tensor and data_or_loader.dtype == torch.float64 else torch.get_default_dtype()
