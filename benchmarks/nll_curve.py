@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vae.config import ArgumentParser  # noqa: E402
+from vae.config import ArgumentParser, require_positive  # noqa: E402
 
 from vae.checkpoint import load_checkpoint, load_model  # noqa: E402
 from vae.config import config_from_dict  # noqa: E402
@@ -40,10 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default="nll-vs-epochs.png")
     args = parser.parse_args(argv)
-    if min(args.k) < 1 if isinstance(args.k, list) else args.k < 1:
-        parser.error("--k must be positive")
-    if min(args.limit) < 1 if isinstance(args.limit, list) else args.limit < 1:
-        parser.error("--limit must be positive")
+    require_positive(parser, args, "k", "limit")
     curves = {}
     images = None
     for spec in args.runs:

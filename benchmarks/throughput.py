@@ -28,7 +28,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vae.config import ArgumentParser  # noqa: E402
+from vae.config import ArgumentParser, require_positive  # noqa: E402
 
 from vae.config import TrainConfig  # noqa: E402
 from vae.data import load_split, resolve_data_dir  # noqa: E402
@@ -120,12 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="our batch sizes (default: 128, the classic example's; the targets use 128)")
     parser.add_argument("--repeats", type=int, default=2, help="epochs timed per setting; the fastest counts")
     args = parser.parse_args(argv)
-    if min(args.repeats) < 1 if isinstance(args.repeats, list) else args.repeats < 1:
-        parser.error("--repeats must be positive")
-    if min(args.latent_dims) < 1 if isinstance(args.latent_dims, list) else args.latent_dims < 1:
-        parser.error("--latent-dims must be positive")
-    if min(args.batch_sizes) < 1 if isinstance(args.batch_sizes, list) else args.batch_sizes < 1:
-        parser.error("--batch-sizes must be positive")
+    require_positive(parser, args, "repeats", "latent_dims", "batch_sizes")
     device = resolve_device(args.device)
     data_dir = resolve_data_dir(args.data_dir)
     train_data = load_split("mnist", str(data_dir), train=True, limit=args.limit, device=device)

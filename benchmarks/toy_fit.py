@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from vae.config import ArgumentParser  # noqa: E402
+from vae.config import ArgumentParser, require_positive  # noqa: E402
 from vae.covariance import CovarianceLearner, _sigma_points, closed_form, fit_covariance, relative_error  # noqa: E402
 from vae.toy import ToyConfig, make_problem  # noqa: E402
 
@@ -84,12 +84,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads; 0 keeps torch's (default 1)")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
-    if min(args.dims) < 1 if isinstance(args.dims, list) else args.dims < 1:
-        parser.error("--dims must be positive")
-    if min(args.repeats) < 1 if isinstance(args.repeats, list) else args.repeats < 1:
-        parser.error("--repeats must be positive")
-    if min(args.samples) < 1 if isinstance(args.samples, list) else args.samples < 1:
-        parser.error("--samples must be positive")
+    require_positive(parser, args, "dims", "repeats", "samples")
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["TrainConfig", "ArgumentParser", "add_config_args", "config_from_args", "config_from_dict"]
+__all__ = ["TrainConfig", "ArgumentParser", "require_positive", "add_config_args", "config_from_args", "config_from_dict"]
 
 
 def _knob(default, help: str, choices: tuple | None = None, **kw):
@@ -106,6 +106,15 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {message.splitlines()[0] if message else message}\n")
+
+
+def require_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
+    """Usage error (one line, exit 2) unless each named flag, or each of its values, is at least 1."""
+    for name in names:
+        value = getattr(args, name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(v is not None and v < 1 for v in values):
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls=TrainConfig, with_defaults: bool = True) -> None:

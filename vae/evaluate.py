@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vae.checkpoint import PRETRAINED, CheckpointError, load_checkpoint, load_model
-from vae.config import ArgumentParser, config_from_dict
+from vae.config import ArgumentParser, config_from_dict, require_positive
 from vae.data import DataError, binarize_fixed, load_split
 from vae.model import VAE
 from vae.objectives import bernoulli_log_likelihood, log_weights
@@ -106,10 +106,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", default=None, help="JSON path (default: eval-<split>-k<K>.json beside the checkpoint)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     args = parser.parse_args(argv)
-    for name in ("k", "batch_size", "limit"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    require_positive(parser, args, "k", "batch_size", "limit")
     if not 0 <= args.seed < 2**63:
         parser.error(f"--seed must be in [0, 2**63), got {args.seed}")
     checkpoint = Path(args.checkpoint) if args.checkpoint else PRETRAINED
