@@ -21,9 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vae.config import ArgumentParser, require_positive  # noqa: E402
 
-from vae.checkpoint import load_checkpoint, load_model  # noqa: E402
-from vae.config import config_from_dict  # noqa: E402
-from vae.data import binarize_fixed, load_split  # noqa: E402
+from vae.checkpoint import load_run  # noqa: E402
+from vae.data import evaluation_images, load_split  # noqa: E402
 from vae.evaluate import evaluate_model  # noqa: E402
 
 
@@ -48,11 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         if not label or not folder or not snapshots(Path(folder)):
             parser.error(f"{spec!r}: expected LABEL=FOLDER with e<EPOCH>.pt snapshots in FOLDER")
         for epoch, path in snapshots(Path(folder)):
+            model, config, _ = load_run(path)
             if images is None:
-                config = config_from_dict(load_checkpoint(path)["config"])
-                images = binarize_fixed(load_split(config.dataset, args.data_dir or config.data_dir,
-                                                   train=False, limit=args.limit).images)
-            result = evaluate_model(load_model(path), images, k=args.k, progress=False)
+                split = load_split(config.dataset, args.data_dir or config.data_dir, train=False, limit=args.limit)
+                images = evaluation_images(split.images, config.binarize)
+            result = evaluate_model(model, images, k=args.k, progress=False)
             curves.setdefault(label, []).append((epoch, result["neg_elbo"], result["nll"]))
             print(f"{label} epoch {epoch}: -ELBO {result['neg_elbo']:.2f}  NLL {result['nll']:.2f}", flush=True)
     print(f"\n| run | epoch | test -ELBO | test NLL (K={args.k}, first {args.limit} images) |\n|---|---|---|---|")

@@ -23,7 +23,7 @@ from vae.model import VAE
 
 __all__ = [
     "CheckpointError", "FORMAT", "save_checkpoint", "write_text_atomic", "remove_stale_temporaries",
-    "load_checkpoint", "build_model", "load_weights", "load_model", "PRETRAINED", "export_model",
+    "load_checkpoint", "build_model", "load_weights", "load_run", "load_model", "PRETRAINED", "export_model",
 ]
 
 FORMAT = "fullcov-vae/1"
@@ -143,6 +143,19 @@ def load_weights(model: torch.nn.Module, weights: Any, path: str | Path) -> None
         raise CheckpointError(f"{path}: weights do not fit the stored architecture ({first})") from None
 
 
+def load_run(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[VAE, TrainConfig, dict[str, Any]]:
+    """Read a checkpoint once: the trained VAE (eval mode), its config and the whole state.
+
+    Raises:
+        CheckpointError: the file is not a loadable checkpoint of this project.
+    """
+    state = load_checkpoint(path, map_location)
+    config = config_from_dict(state["config"])
+    model = build_model(config)
+    load_weights(model, state["model"], path)
+    return model.to(map_location).eval(), config, state
+
+
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> VAE:
     """Load a trained VAE from a checkpoint, in eval mode.
 
@@ -153,10 +166,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> VA
     Raises:
         CheckpointError: the file is not a loadable checkpoint of this project.
     """
-    state = load_checkpoint(path, map_location)
-    model = build_model(config_from_dict(state["config"]))
-    load_weights(model, state["model"], path)
-    return model.to(map_location).eval()
+    return load_run(path, map_location)[0]
 
 
 def export_model(source: str | Path, target: str | Path) -> None:

@@ -24,6 +24,7 @@ __all__ = [
     "binarize",
     "TEST_BINARIZATION_SEED",
     "binarize_fixed",
+    "evaluation_images",
     "batch_indices",
 ]
 
@@ -176,6 +177,11 @@ def binarize_fixed(images: torch.Tensor, seed: int = TEST_BINARIZATION_SEED) -> 
     Drawn on the CPU, so the fixed test set is the same whatever the device.
     """
     return binarize(images.cpu(), torch.Generator().manual_seed(seed)).to(images.device)
+
+
+def evaluation_images(images: torch.Tensor, binarize_mode: str) -> torch.Tensor:
+    """What a run is scored on: the fixed binarization under ``"dynamic"``, else the intensities."""
+    return binarize_fixed(images) if binarize_mode == "dynamic" else images
 
 
 def batch_indices(

@@ -28,9 +28,9 @@ from typing import Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
-from vae.checkpoint import PRETRAINED, CheckpointError, load_checkpoint, load_model
-from vae.config import ArgumentParser, config_from_dict, require_positive
-from vae.data import DataError, binarize_fixed, load_split
+from vae.checkpoint import PRETRAINED, CheckpointError, load_run
+from vae.config import ArgumentParser, require_positive
+from vae.data import DataError, evaluation_images, load_split
 from vae.model import VAE
 from vae.objectives import bernoulli_log_likelihood, log_weights
 from vae.training import accumulator_dtype, resolve_device
@@ -115,8 +115,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f"--out {out}: cannot write there")  # checked before a long evaluation
     try:
         device = resolve_device(args.device)
-        config = config_from_dict(load_checkpoint(checkpoint)["config"])
-        model = load_model(checkpoint, map_location=device)
+        model, config, _ = load_run(checkpoint, map_location=device)
         split = load_split(config.dataset, args.data_dir or config.data_dir, train=args.split == "train",
                            limit=args.limit, device=device)
     except (ValueError, DataError) as err:
@@ -124,10 +123,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except CheckpointError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 1
-    images = split.images
-    if config.binarize == "dynamic":
-        images = binarize_fixed(images)
-    else:
+    images = evaluation_images(split.images, config.binarize)
+    if config.binarize != "dynamic":
         print(f"note: {checkpoint} was trained on intensities (--binarize none); the Bernoulli "
               "bound on them is not a likelihood of binary images", file=sys.stderr)
     start = time.perf_counter()

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from vae.checkpoint import build_model, load_checkpoint, remove_stale_temporaries, save_checkpoint, write_text_atomic
 from vae.config import TrainConfig
-from vae.data import ImageSplit, batch_indices, binarize, binarize_fixed, load_split
+from vae.data import ImageSplit, batch_indices, binarize, evaluation_images, load_split
 from vae.faults import StepFault
 from vae.interrupt import GracefulStop, TrainingInterrupted
 from vae.model import VAE
@@ -231,7 +231,7 @@ def train(config: TrainConfig, log=print) -> Path:
 
     train_data = load_split(config.dataset, config.data_dir, True, config.limit, device)
     test_data = load_split(config.dataset, config.data_dir, False, None, device)
-    test_x = binarize_fixed(test_data.images) if config.binarize == "dynamic" else test_data.images
+    test_x = evaluation_images(test_data.images, config.binarize)
 
     torch.manual_seed(config.seed)
     # its own stream: seeded like the global RNG, its draws would replay the weight init

@@ -18,8 +18,8 @@ from typing import Optional, Sequence
 import torch
 from matplotlib.figure import Figure
 
-from vae.checkpoint import PRETRAINED, CheckpointError, load_checkpoint, load_model
-from vae.config import ArgumentParser, config_from_dict
+from vae.checkpoint import PRETRAINED, CheckpointError, load_run
+from vae.config import ArgumentParser
 from vae.data import DataError, load_split
 from vae.model import VAE
 
@@ -171,9 +171,7 @@ def write_run_pictures(
         CheckpointError: the checkpoint cannot be loaded.
         vae.data.DataError: the test set cannot be loaded.
     """
-    state = load_checkpoint(checkpoint)
-    config = config_from_dict(state["config"])
-    model = load_model(checkpoint, map_location=device)
+    model, config, state = load_run(checkpoint, map_location=device)
     test = load_split(config.dataset, data_dir or config.data_dir, train=False, device=device)
     figures = {
         "reconstructions": reconstructions_figure(model, test.images),
