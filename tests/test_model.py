@@ -14,8 +14,12 @@ from vae.objectives import kl_standard_normal, log_importance_weights, negative_
 
 @pytest.fixture
 def model() -> VAE:
+    """A VAE whose factor is full: its off-diagonal rows start at zero, so they are drawn here."""
     torch.manual_seed(0)
-    return VAE(latent_dim=5, hidden=(32, 16)).double()
+    model = VAE(latent_dim=5, hidden=(32, 16)).double()
+    with torch.no_grad():
+        model.encoder.scale_head.weight.normal_(0.0, 0.1)
+    return model
 
 
 def test_shapes_for_flat_and_image_input(model):
@@ -37,6 +41,27 @@ def test_scale_tril_is_lower_triangular_with_positive_diagonal(model):
     assert torch.equal(scale_tril, scale_tril.tril())
     assert (torch.diagonal(scale_tril, dim1=-2, dim2=-1) > 0).all()
     assert (scale_tril.tril(-1) != 0).any()  # a full factor, not a diagonal one
+
+
+def test_a_full_posterior_starts_diagonal_and_the_switch_holds_it_there(model):
+    x = torch.rand(8, 784, dtype=torch.float64)
+    fresh = VAE(latent_dim=5, hidden=(32, 16)).double()
+    _, scale_tril = fresh.encode(x)
+    assert torch.equal(scale_tril.tril(-1), torch.zeros_like(scale_tril))  # exactly diagonal at init
+
+    model.offdiag_enabled = False
+    _, held = model.encode(x)
+    assert torch.equal(held.tril(-1), torch.zeros_like(held))
+    negative_elbo(model, x.bernoulli()).loss.sum().backward()
+    rows, cols = torch.tril_indices(5, 5)
+    grad = model.encoder.scale_head.weight.grad  # (15, 16)
+    assert torch.equal(grad[rows != cols], torch.zeros_like(grad[rows != cols]))  # Adam leaves them still
+    assert (grad[rows == cols].abs().sum(1) > 0).all()
+
+    model.offdiag_enabled = True
+    _, released = model.encode(x)
+    assert (released.tril(-1) != 0).any()
+    torch.testing.assert_close(torch.diagonal(released, dim1=-2, dim2=-1), torch.diagonal(held, dim1=-2, dim2=-1))
 
 
 def test_diagonal_posterior_uses_the_same_path_with_a_diagonal_factor():

@@ -437,6 +437,7 @@ FLAG_ERRORS = {
     "zero k": (["--k", "0"], "--k"),
     "negative k": (["--k", "-2"], "--k"),
     "zero grad clip": (["--grad-clip", "0"], "--grad-clip"),
+    "negative diagonal warm-up": (["--diag-warmup", "-1"], "--diag-warmup"),
     "unknown flag": (["--bogus"], "--bogus"),
     "out-dir is a file": (["--out-dir", "{file}"], "--out-dir", "{file} is a file, not a folder"),
     "out-dir under a file": (["--out-dir", "{file}/sub"], "--out-dir {file}/sub", "{file} is a file, not a folder"),

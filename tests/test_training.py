@@ -71,6 +71,18 @@ def test_resume_ends_exactly_where_an_uninterrupted_run_does(fake_mnist, tmp_pat
     assert strip(read_metrics(straight)) == strip(read_metrics(resumed))
 
 
+def test_diag_warmup_holds_a_full_posterior_diagonal_then_releases_it(fake_mnist, tmp_path):
+    quiet = lambda *_: None
+    rows, cols = torch.tril_indices(3, 3)
+    offdiag = lambda run: load_checkpoint(run / "last.pt")["model"]["encoder.scale_head.weight"][rows != cols]
+    run = train(tiny_config(fake_mnist, tmp_path, diag_warmup=1, epochs=1), log=quiet)
+    assert torch.equal(offdiag(run), torch.zeros(3, 32))  # held at zero by the warm-up
+    train(tiny_config(fake_mnist, tmp_path, diag_warmup=1, epochs=2, resume=True), log=quiet)
+    assert (offdiag(run).abs().sum(1) > 0).all()  # released in epoch 2: every entry learns
+    no_warmup = train(tiny_config(fake_mnist, tmp_path, diag_warmup=0, run_name="none"), log=quiet)
+    assert (offdiag(no_warmup).abs().sum(1) > 0).all()
+
+
 def test_resume_refuses_a_flag_that_changes_the_model(fake_mnist, tmp_path):
     train(tiny_config(fake_mnist, tmp_path), log=lambda *_: None)
     with pytest.raises(ValueError, match="--latent-dim"):

@@ -35,6 +35,9 @@ class TrainConfig:
     hidden: typing.Tuple[int, ...] = _knob((400,), "hidden widths of encoder and decoder, e.g. --hidden 500 500")
     posterior: str = _knob("full", "full Cholesky factor, or diagonal", ("full", "diagonal"))
     diag_transform: str = _knob("softplus", "positive map of the factor's diagonal", ("softplus", "exp"))
+    diag_warmup: int = _knob(
+        2, "epochs at the start during which a full posterior is held diagonal (0: none); see docs/RESULTS.md"
+    )
     objective: str = _knob("elbo", "training bound: ELBO, or the importance-weighted bound", ("elbo", "iwae"))
     k: int = _knob(1, "posterior samples per image (the IWAE's K)")
     epochs: int = _knob(10, "number of training epochs")
@@ -61,6 +64,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+        if not isinstance(self.diag_warmup, int) or self.diag_warmup < 0:
+            raise ValueError(f"--diag-warmup must be a non-negative integer, got {self.diag_warmup}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be a positive integer, got {self.limit}")
         if not 0 <= self.seed < 2**63:

@@ -261,6 +261,7 @@ def train(config: TrainConfig, log=print) -> Path:
         log(f"training {run_dir} on {device.type} to epoch {config.epochs}; Ctrl-C stops after the current step")
         for epoch in range(progress.epoch + 1, config.epochs + 1):
             model.train()
+            model.offdiag_enabled = epoch > config.diag_warmup  # a function of the epoch: resume needs no state
             partial, progress.partial = progress.partial, None
             done_before = partial["batch"] if partial else 0
             result = train_epoch(model, step_model, optimizer, train_data, config, device, data_gen,
@@ -271,6 +272,7 @@ def train(config: TrainConfig, log=print) -> Path:
                 save(last)
                 raise TrainingInterrupted(stop.signum, run_dir, f"in epoch {epoch} at step {progress.step} "
                                           f"(batch {result.batch} of {result.n_batches})")
+            model.offdiag_enabled = True  # the off-diagonal entries are exactly zero during the warm-up
             test = evaluate(model, test_x, config.eval_batch_size, config.amp)
             row = _epoch_row(epoch, progress.step, result, len(train_data), test)
             improved = progress.complete(row)
