@@ -83,6 +83,33 @@ def test_diag_warmup_holds_a_full_posterior_diagonal_then_releases_it(fake_mnist
     assert (offdiag(no_warmup).abs().sum(1) > 0).all()
 
 
+def test_init_from_starts_a_fine_tune_at_a_checkpoint_s_weights(fake_mnist, tmp_path):
+    quiet = lambda *_: None
+    start = train(tiny_config(fake_mnist, tmp_path, run_name="start", diag_warmup=0), log=quiet) / "last.pt"
+    weights = load_checkpoint(start)["model"]
+    # lr 1e-12: the fine-tune's weights stay where it started, so the start can be read off its end
+    tune = train(tiny_config(fake_mnist, tmp_path, run_name="tune", objective="iwae", k=4, lr=1e-12,
+                             init_from=str(start)), log=quiet)
+    tuned = load_checkpoint(tune / "last.pt")
+    for name, tensor in weights.items():
+        torch.testing.assert_close(tuned["model"][name], tensor, atol=1e-8, rtol=0, msg=name)
+    assert tuned["config"]["init_from"] == str(start)
+    fresh = train(tiny_config(fake_mnist, tmp_path, run_name="fresh", lr=1e-12, seed=5), log=quiet)
+    assert not torch.allclose(load_checkpoint(fresh / "last.pt")["model"]["decoder.head.weight"],
+                              weights["decoder.head.weight"], atol=1e-3)
+    other = ["--data-dir", str(fake_mnist), "--out-dir", str(tmp_path), "--run-name", "other", "--latent-dim", "4",
+             "--hidden", "32", "--batch-size", "16", "--device", "cpu", "--no-plots", "--no-progress",
+             "--epochs", "1", "--init-from", str(start)]
+    result = run_cli("train.py", *other)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [f"train.py: error: --init-from {start}: another model "
+                                                  "(--latent-dim 3 there, 4 here)"]
+    missing = run_cli("train.py", *other[:-1], str(tmp_path / "none.pt"))
+    assert missing.returncode == 1 and missing.stderr.strip().splitlines() == [
+        f"train.py: error: --init-from {tmp_path / 'none.pt'}: no such checkpoint file"]
+    assert not (tmp_path / "other").exists()
+
+
 def test_resume_refuses_a_flag_that_changes_the_model(fake_mnist, tmp_path):
     train(tiny_config(fake_mnist, tmp_path), log=lambda *_: None)
     with pytest.raises(ValueError, match="--latent-dim"):

@@ -23,7 +23,7 @@ from vae.model import VAE
 
 __all__ = [
     "CheckpointError", "FORMAT", "save_checkpoint", "write_text_atomic", "remove_stale_temporaries",
-    "load_checkpoint", "build_model", "load_weights", "load_run", "load_model", "PRETRAINED", "export_model",
+    "load_checkpoint", "build_model", "load_weights", "load_initial_weights", "load_run", "load_model", "PRETRAINED", "export_model",
 ]
 
 FORMAT = "fullcov-vae/1"
@@ -141,6 +141,28 @@ def load_weights(model: torch.nn.Module, weights: Any, path: str | Path) -> None
     except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as err:
         first = str(err).strip().splitlines()[0]
         raise CheckpointError(f"{path}: weights do not fit the stored architecture ({first})") from None
+
+
+MODEL_FIELDS = ("latent_dim", "hidden", "posterior", "diag_transform")  # what decides the weights' meaning
+
+
+def load_initial_weights(config: TrainConfig) -> dict[str, torch.Tensor]:
+    """The weights in ``config.init_from``, checked to fit the model ``config`` describes (a fine-tune's start).
+
+    Raises:
+        CheckpointError: the file is not a loadable checkpoint, or it holds another model.
+    """
+    path = config.init_from
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as err:
+        raise CheckpointError(f"--init-from {err}") from None
+    stored = config_from_dict(state["config"])
+    differ = [f"--{name.replace('_', '-')} {getattr(stored, name)} there, {getattr(config, name)} here"
+              for name in MODEL_FIELDS if getattr(stored, name) != getattr(config, name)]
+    if differ:
+        raise CheckpointError(f"--init-from {path}: another model ({'; '.join(differ)})")
+    return state["model"]
 
 
 def load_run(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[VAE, TrainConfig, dict[str, Any]]:

@@ -38,6 +38,9 @@ class TrainConfig:
     diag_warmup: int = _knob(
         2, "epochs at the start during which a full posterior is held diagonal (0: none); see docs/RESULTS.md"
     )
+    init_from: typing.Optional[str] = _knob(
+        None, "start from this checkpoint's weights (a fine-tune: fresh optimizer, no diagonal warm-up)"
+    )
     objective: str = _knob("elbo", "training bound: ELBO, or the importance-weighted bound", ("elbo", "iwae"))
     k: int = _knob(1, "posterior samples per image (the IWAE's K)")
     epochs: int = _knob(10, "number of training epochs")

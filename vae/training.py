@@ -21,7 +21,10 @@ from typing import NamedTuple, Optional
 import torch
 from tqdm.auto import tqdm
 
-from vae.checkpoint import build_model, load_checkpoint, remove_stale_temporaries, save_checkpoint, write_text_atomic
+from vae.checkpoint import (
+    build_model, load_checkpoint, load_initial_weights, load_weights, remove_stale_temporaries, save_checkpoint,
+    write_text_atomic,
+)
 from vae.config import TrainConfig
 from vae.data import ImageSplit, batch_indices, binarize, evaluation_images, load_split
 from vae.faults import StepFault
@@ -229,6 +232,7 @@ def train(config: TrainConfig, log=print) -> Path:
     if config.amp and device.type != "cuda":
         log(f"note: --amp applies to CUDA only; training in float32 on {device.type}")
 
+    initial = load_initial_weights(config) if config.init_from and not config.resume else None  # before the data
     train_data = load_split(config.dataset, config.data_dir, True, config.limit, device)
     test_data = load_split(config.dataset, config.data_dir, False, None, device)
     test_x = evaluation_images(test_data.images, config.binarize)
@@ -236,7 +240,10 @@ def train(config: TrainConfig, log=print) -> Path:
     torch.manual_seed(config.seed)
     # its own stream: seeded like the global RNG, its draws would replay the weight init
     data_gen = torch.Generator(device=device).manual_seed(config.seed + DATA_SEED_OFFSET)
-    model = build_model(config).to(device)
+    model = build_model(config)
+    if initial is not None:
+        load_weights(model, initial, config.init_from)
+    model = model.to(device)
     optimizer = make_optimizer(model, config, device)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -261,7 +268,8 @@ def train(config: TrainConfig, log=print) -> Path:
         log(f"training {run_dir} on {device.type} to epoch {config.epochs}; Ctrl-C stops after the current step")
         for epoch in range(progress.epoch + 1, config.epochs + 1):
             model.train()
-            model.offdiag_enabled = epoch > config.diag_warmup  # a function of the epoch: resume needs no state
+            # a function of the epoch (resume needs no state); a fine-tune's start is already trained
+            model.offdiag_enabled = epoch > config.diag_warmup or config.init_from is not None
             partial, progress.partial = progress.partial, None
             done_before = partial["batch"] if partial else 0
             result = train_epoch(model, step_model, optimizer, train_data, config, device, data_gen,
