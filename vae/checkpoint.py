@@ -23,7 +23,8 @@ from vae.model import VAE
 
 __all__ = [
     "CheckpointError", "FORMAT", "save_checkpoint", "write_text_atomic", "remove_stale_temporaries",
-    "load_checkpoint", "build_model", "load_weights", "load_initial_weights", "load_run", "load_model", "PRETRAINED", "export_model",
+    "load_checkpoint", "MODEL_FIELDS", "build_model", "load_weights", "load_initial_weights", "load_run", "load_model",
+    "PRETRAINED", "export_model",
 ]
 
 FORMAT = "fullcov-vae/1"
@@ -129,9 +130,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+MODEL_FIELDS = ("latent_dim", "hidden", "posterior", "diag_transform")  # the config fields that shape the VAE
+
+
 def build_model(config: TrainConfig) -> VAE:
     """The VAE that ``config`` describes, freshly initialized."""
-    return VAE(config.latent_dim, config.hidden, config.posterior, config.diag_transform)
+    return VAE(**{name: getattr(config, name) for name in MODEL_FIELDS})
 
 
 def load_weights(model: torch.nn.Module, weights: Any, path: str | Path) -> None:
@@ -141,9 +145,6 @@ def load_weights(model: torch.nn.Module, weights: Any, path: str | Path) -> None
     except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as err:
         first = str(err).strip().splitlines()[0]
         raise CheckpointError(f"{path}: weights do not fit the stored architecture ({first})") from None
-
-
-MODEL_FIELDS = ("latent_dim", "hidden", "posterior", "diag_transform")  # what decides the weights' meaning
 
 
 def load_initial_weights(config: TrainConfig) -> dict[str, torch.Tensor]:
