@@ -14,7 +14,16 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["TrainConfig", "ArgumentParser", "require_positive", "add_config_args", "config_from_args", "config_from_dict"]
+__all__ = [
+    "TrainConfig", "ArgumentParser", "check_seed", "require_positive", "add_config_args", "config_from_args",
+    "config_from_dict",
+]
+
+
+def check_seed(seed: int) -> None:
+    """Raise ``ValueError`` unless ``seed`` is one that ``torch.Generator.manual_seed`` takes, [0, 2**63)."""
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"--seed must be in [0, 2**63), got {seed}")
 
 
 def _knob(default, help: str, choices: tuple | None = None, **kw):
@@ -71,8 +80,7 @@ class TrainConfig:
             raise ValueError(f"--diag-warmup must be a non-negative integer, got {self.diag_warmup}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be a positive integer, got {self.limit}")
-        if not 0 <= self.seed < 2**63:
-            raise ValueError(f"--seed must be in [0, 2**63), got {self.seed}")
+        check_seed(self.seed)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"--lr must be a positive finite number, got {self.lr}")
         if self.grad_clip is not None and not self.grad_clip > 0:

@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vae.checkpoint import PRETRAINED, CheckpointError, load_run
-from vae.config import ArgumentParser, require_positive
+from vae.config import ArgumentParser, check_seed, require_positive
 from vae.data import DataError, evaluation_images, load_split
 from vae.model import VAE
 from vae.objectives import bernoulli_log_likelihood, log_weights
@@ -107,8 +107,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     args = parser.parse_args(argv)
     require_positive(parser, args, "k", "batch_size", "limit")
-    if not 0 <= args.seed < 2**63:
-        parser.error(f"--seed must be in [0, 2**63), got {args.seed}")
+    try:
+        check_seed(args.seed)
+    except ValueError as err:
+        parser.error(str(err))
     checkpoint = Path(args.checkpoint) if args.checkpoint else PRETRAINED
     out = Path(args.out) if args.out else checkpoint.parent / f"eval-{args.split}-k{args.k}.json"
     if out.is_dir() or not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
