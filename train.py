@@ -3,6 +3,7 @@
     python train.py --dataset mnist                  # trains, evaluates, checkpoints, plots
     python train.py --dataset mnist --latent-dim 2   # a latent space you can look at
     python train.py --resume --run-name NAME         # continue a run from its last.pt
+    python train.py --preset results-vae-full        # a results run of docs/RESULTS.md
 
 Every flag is a field of :class:`vae.config.TrainConfig`. Exit codes: 0 done;
 1 a checkpoint that cannot be used, a diverged loss or a failed write; 2 a
@@ -15,7 +16,7 @@ import argparse
 import shlex
 import sys
 
-from vae.config import ArgumentParser, TrainConfig, add_config_args, config_from_args
+from vae.config import ArgumentParser, TrainConfig, add_config_args, preset_config
 
 
 def build_parser(suppress_defaults: bool = False) -> ArgumentParser:
@@ -35,9 +36,10 @@ def resume_command(out_dir: str, run_name: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    config = config_from_args(args)
+    parser.parse_args(argv)  # --help, and usage errors, with the defaults shown
+    explicit = vars(build_parser(suppress_defaults=True).parse_args(argv))  # the flags given
     try:  # before importing torch: a bad flag or output folder is answered at once
+        config = preset_config(explicit)
         config.validate()
         config.check_run_dir()
     except ValueError as err:
@@ -53,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if config.resume:
-            explicit = set(vars(build_parser(suppress_defaults=True).parse_args(argv)))
-            config = resume_config(config, explicit)
+            config = resume_config(config, set(explicit))
         config.validate()
         resolve_device(config.device)
     except ValueError as err:

@@ -14,16 +14,40 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vae.schedules import LR_SCHEDULES
+
 __all__ = [
-    "TrainConfig", "ArgumentParser", "check_seed", "require_positive", "add_config_args", "config_from_args",
-    "config_from_dict",
+    "TrainConfig", "ArgumentParser", "ESTIMATORS", "PRESETS", "check_seed", "check_estimator", "require_positive",
+    "add_config_args", "config_from_args", "config_from_dict", "preset_config",
 ]
+
+ESTIMATORS = ("reparam", "stl", "dreg")
+
+# Named groups of flags: ``python train.py --preset NAME`` reproduces a results
+# run of docs/RESULTS.md; flags given beside it override the preset's values.
+_RESULTS = dict(dataset="mnist", hidden=(300, 300), latent_dim=32, batch_size=128, lr=1e-3, adam_eps=1e-4,
+                lr_schedule="burda", kl_warmup=30, output_bias="mean", epochs=500, seed=0)
+PRESETS: dict[str, dict] = {
+    "results-vae-full": {**_RESULTS, "posterior": "full", "run_name": "results-vae-full"},
+    "results-vae-diagonal": {**_RESULTS, "posterior": "diagonal", "run_name": "results-vae-diagonal"},
+}
 
 
 def check_seed(seed: int) -> None:
     """Raise ``ValueError`` unless ``seed`` is one that ``torch.Generator.manual_seed`` takes, [0, 2**63)."""
     if not 0 <= seed < 2**63:
         raise ValueError(f"--seed must be in [0, 2**63), got {seed}")
+
+
+def check_estimator(objective: str, k: int, estimator: str) -> None:
+    """Raise ``ValueError`` unless the gradient ``estimator`` is unbiased for ``objective`` at ``k`` samples."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"--estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+    if estimator == "dreg" and objective != "iwae":
+        raise ValueError("--estimator dreg is for --objective iwae; the ELBO's doubly reparameterized gradient "
+                         "is --estimator stl")
+    if estimator == "stl" and objective == "iwae" and k > 1:
+        raise ValueError("--estimator stl is biased for --objective iwae at --k above 1; use --estimator dreg")
 
 
 def _knob(default, help: str, choices: tuple | None = None, **kw):
@@ -52,15 +76,34 @@ class TrainConfig:
     )
     objective: str = _knob("elbo", "training bound: ELBO, or the importance-weighted bound", ("elbo", "iwae"))
     k: int = _knob(1, "posterior samples per image (the IWAE's K)")
+    estimator: str = _knob(
+        "reparam", "encoder gradient: reparameterized, sticking the landing (ELBO), or doubly reparameterized (IWAE)",
+        ESTIMATORS,
+    )
+    kl_warmup: int = _knob(
+        0, "epochs over which the KL weight rises linearly, per step, from 0 to 1 (0: none); reports stay at weight 1"
+    )
     epochs: int = _knob(10, "number of training epochs")
     batch_size: int = _knob(128, "training batch size")
-    lr: float = _knob(1e-3, "Adam learning rate")
+    lr: float = _knob(1e-3, "Adam learning rate (the peak of a schedule)")
+    lr_schedule: str = _knob(
+        "constant", "learning rate over the run: constant, Burda et al.'s 8 stages scaled to --epochs, or cosine",
+        LR_SCHEDULES,
+    )
+    adam_eps: float = _knob(1e-8, "Adam's epsilon (Burda et al.'s code: 1e-4)")
+    output_bias: str = _knob(
+        "mean", "decoder output bias at the start: the logit of the mean training pixel, or PyTorch's default init",
+        ("mean", "default"),
+    )
     grad_clip: typing.Optional[float] = _knob(None, "clip the gradient's global norm to this value")
     eval_batch_size: int = _knob(1000, "batch size of the per-epoch test evaluation")
     device: str = _knob("auto", "where to train", ("auto", "cpu", "cuda", "mps"))
     amp: bool = _knob(False, "bf16 autocast on CUDA (covariance maths stays float32)")
     compile: bool = _knob(False, "torch.compile the model")
     seed: int = _knob(0, "random seed")
+    preset: typing.Optional[str] = _knob(
+        None, "a named group of flags (docs/RESULTS.md); flags given beside it override it", tuple(PRESETS)
+    )
     out_dir: str = _knob("checkpoints", "folder holding one sub-folder per run")
     run_name: typing.Optional[str] = _knob(None, "run folder name; default <dataset>-<posterior>-d<D>-s<seed>")
     resume: bool = _knob(False, "continue the run in <out-dir>/<run-name> from its last.pt")
@@ -81,17 +124,23 @@ class TrainConfig:
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be a positive integer, got {self.limit}")
         check_seed(self.seed)
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"--lr must be a positive finite number, got {self.lr}")
+        if not isinstance(self.kl_warmup, int) or self.kl_warmup < 0:
+            raise ValueError(f"--kl-warmup must be a non-negative integer, got {self.kl_warmup}")
+        for name in ("lr", "adam_eps"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive finite number, got {value}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"--grad-clip must be positive, got {self.grad_clip}")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ValueError(f"--hidden must list positive widths, got {list(self.hidden)}")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
+            value = getattr(self, f.name)
+            if choices and value not in choices and not (f.default is None and value is None):
                 flag = "--" + f.name.replace("_", "-")
-                raise ValueError(f"{flag} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
+                raise ValueError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
+        check_estimator(self.objective, self.k, self.estimator)
 
     @property
     def name(self) -> str:
@@ -174,3 +223,15 @@ def config_from_dict(values: dict, cls=TrainConfig):
     """Rebuild ``cls`` from a stored dict, ignoring keys it does not know."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def preset_config(explicit: dict, cls=TrainConfig):
+    """The config of ``explicit`` flags (a name -> value dict) on top of their preset's values, if one is named.
+
+    Raises:
+        ValueError: an unknown preset.
+    """
+    name = explicit.get("preset")
+    if name is not None and name not in PRESETS:
+        raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, got {name!r}")
+    return cls(**{**(PRESETS[name] if name else {}), **explicit})

@@ -13,6 +13,23 @@ The ELBO (Kingma & Welling 2014, eq. 10) is
 :math:`\log \frac1K \sum_k p(x, z_k) / q(z_k|x)`, with
 :math:`\log q(z|x) = -\tfrac12\|\epsilon\|^2 - \sum_i \log L_{ii} - \tfrac D2 \log 2\pi`
 for the model's own draws :math:`z = m + L\epsilon`.
+
+Training differentiates a *surrogate* of the bound (:func:`training_loss`):
+the KL warm-up weight :math:`\beta` scales :math:`\log p(z) - \log q(z|x)`
+(inside the importance weights for the IWAE), and the gradient estimator
+decides how the encoder's gradient is formed:
+
+- ``reparam``: the plain reparameterized gradient of the bound.
+- ``stl``, "sticking the landing" (Roeder et al. 2017): :math:`\log q` is
+  evaluated with its parameters held fixed, so the encoder's gradient flows
+  through the draws :math:`z` only; its score term, zero in expectation, is
+  dropped. Unbiased for the ELBO at any ``k`` and for the IWAE at ``k = 1``.
+- ``dreg`` (Tucker et al. 2019), for the IWAE: the encoder's gradient is
+  :math:`\sum_k \tilde w_k^2 \,\partial \log w_k/\partial z_k \cdot \partial z_k/\partial\phi`
+  with :math:`\tilde w` the normalized weights; the decoder's gradient is the
+  IWAE's own, :math:`\sum_k \tilde w_k \nabla_\theta \log w_k`. At ``k = 1`` it is ``stl``.
+
+Every reported figure is the true bound at :math:`\beta = 1`.
 """
 from __future__ import annotations
 
@@ -23,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from vae.cholesky import at_least_float32, log_diag
+from vae.config import check_estimator
 from vae.model import VAE
 
 __all__ = [
@@ -35,6 +53,8 @@ __all__ = [
     "negative_elbo",
     "negative_iwae",
     "log_importance_weights",
+    "log_posterior_stopped",
+    "training_loss",
 ]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -129,3 +149,69 @@ def negative_iwae(model: VAE, x: torch.Tensor, k: int) -> Bound:
     posterior, log_px_z, log_w = _log_weights(model, x, k)  # (N, K) each
     loss = math.log(k) - torch.logsumexp(log_w, dim=1)  # (N,)
     return Bound(loss, -log_px_z.mean(1), kl_standard_normal(posterior.loc, posterior.scale_tril))
+
+
+def log_posterior_stopped(z: torch.Tensor, loc: torch.Tensor, scale_tril: torch.Tensor) -> torch.Tensor:
+    """log q(z|x) with q's parameters held fixed: gradients reach the encoder only through ``z``.
+
+    One triangular solve per image for all its draws, no inverse.
+
+    Args:
+        z: draws ``(N, K, D)``; loc: ``(N, D)``; scale_tril: ``(N, D, D)``.
+
+    Returns:
+        ``(N, K)``; its value equals :func:`log_posterior` of the same draws.
+    """
+    scale_tril = scale_tril.detach()
+    diff = (z - loc.detach().unsqueeze(1)).transpose(1, 2)  # (N, D, K)
+    eps = torch.linalg.solve_triangular(scale_tril, diff, upper=False).transpose(1, 2)  # (N, K, D)
+    return log_posterior(eps, scale_tril)
+
+
+def training_loss(
+    model: VAE, x: torch.Tensor, objective: str = "elbo", k: int = 1, estimator: str = "reparam",
+    beta: float = 1.0,
+) -> tuple[torch.Tensor, Bound]:
+    """The per-image surrogate that training differentiates, and the true bound it stands for.
+
+    Args:
+        model: the VAE.
+        x: images ``(N, 784)``.
+        objective: ``elbo`` or ``iwae``; k: posterior samples per image.
+        estimator: ``reparam``, ``stl`` or ``dreg`` (see the module docstring).
+        beta: the KL warm-up weight on log p(z) - log q(z|x).
+
+    Returns:
+        the surrogate ``(N,)``, and the :class:`Bound` at beta = 1 (what is reported). With
+        ``reparam`` and ``beta = 1`` the surrogate is the bound's own ``loss``.
+
+    Raises:
+        ValueError: an estimator that is biased for this objective (:func:`vae.config.check_estimator`).
+    """
+    check_estimator(objective, k, estimator)
+    if estimator == "reparam" and objective == "elbo":
+        bound = negative_elbo(model, x, k)
+        return (bound.loss if beta == 1.0 else bound.recon + beta * bound.kl), bound
+    posterior, logits = model(x, k)
+    log_px_z = bernoulli_log_likelihood(logits, x)  # (N, K)
+    log_pz = log_standard_normal(posterior.z)  # (N, K)
+    if estimator == "reparam":
+        log_qz = log_posterior(posterior.eps, posterior.scale_tril)
+    else:
+        log_qz = log_posterior_stopped(posterior.z, posterior.loc, posterior.scale_tril)
+    log_w = log_px_z + beta * (log_pz - log_qz)  # (N, K), the annealed weights
+    recon = -log_px_z.mean(1)
+    kl = kl_standard_normal(posterior.loc, posterior.scale_tril)
+    if objective == "elbo":  # stl: the Monte-Carlo ELBO, its score term dropped
+        return -log_w.mean(1), Bound(recon + kl, recon, kl)
+    if estimator == "dreg":  # the encoder's path gradient, reweighted once more by w~ (normalized weights)
+        weights = torch.softmax(log_w.detach(), dim=1).unsqueeze(-1)  # (N, K, 1)
+        if posterior.z.requires_grad:
+            posterior.z.register_hook(lambda grad: grad * weights)
+    surrogate = math.log(k) - torch.logsumexp(log_w, dim=1)  # (N,)
+    if beta == 1.0:
+        loss = surrogate.detach()
+    else:
+        with torch.no_grad():
+            loss = math.log(k) - torch.logsumexp(log_px_z + log_pz - log_qz, dim=1)
+    return surrogate, Bound(loss, recon, kl)

@@ -33,7 +33,7 @@ __all__ = [
 
 METRIC_COLUMNS = (
     "epoch", "step", "train_loss", "train_neg_elbo", "train_recon", "train_kl",
-    "test_neg_elbo", "test_recon", "test_kl", "images_per_s", "train_seconds",
+    "test_neg_elbo", "test_recon", "test_kl", "images_per_s", "train_seconds", "lr", "kl_weight",
 )
 RESUMABLE_OVERRIDES = ("epochs", "data_dir", "out_dir", "run_name", "resume",
                        "eval_batch_size", "amp", "compile", "plots", "progress", "grad_clip")
@@ -70,7 +70,8 @@ def resume_config(config: TrainConfig, explicit: set[str]) -> TrainConfig:
     """The stored config of the run to resume, with the flags given now applied.
 
     Only flags that leave the model and the data stream unchanged may differ
-    from the stored run (``epochs`` among them, to extend a run).
+    from the stored run (``epochs`` among them, to extend a run at a constant
+    learning rate: a schedule is scaled to the run's epochs).
 
     Raises:
         ValueError: no run to resume, or a flag that contradicts the stored run.
@@ -87,6 +88,11 @@ def resume_config(config: TrainConfig, explicit: set[str]) -> TrainConfig:
                 f"--resume: {last} was trained with {flag} {getattr(stored, name)!r}; "
                 "drop the flag or start a new run"
             )
+    if "epochs" in explicit and config.epochs != stored.epochs and stored.lr_schedule != "constant":
+        raise ValueError(
+            f"--resume: {last} runs the {stored.lr_schedule} learning-rate schedule, scaled to its "
+            f"{stored.epochs} epochs; --epochs {config.epochs} would change the rate of the steps already taken"
+        )
     return dataclasses.replace(stored, **{name: getattr(config, name) for name in explicit if name in RESUMABLE_OVERRIDES})
 
 
@@ -115,7 +121,7 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: row[k] for k in METRIC_COLUMNS} for row in rows)
+    writer.writerows({k: row.get(k, "") for k in METRIC_COLUMNS} for row in rows)  # older runs lack columns
     write_text_atomic(path, buf.getvalue())
 
 

@@ -10,7 +10,6 @@ is saved.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -27,58 +26,30 @@ from vae.checkpoint import (
 )
 from vae.config import TrainConfig
 from vae.data import ImageSplit, batch_indices, binarize, evaluation_images, load_split
+from vae.devices import accumulator_dtype, autocast, resolve_device
 from vae.faults import StepFault
 from vae.interrupt import GracefulStop, TrainingInterrupted
 from vae.model import VAE
-from vae.objectives import Bound, negative_elbo, negative_iwae
+from vae.objectives import negative_elbo, training_loss
+from vae.schedules import kl_weight, learning_rate
 from vae.runstate import (
     METRIC_COLUMNS, RunProgress, checkpoint_state, repair_run_folder, restore_run, resume_config, write_metrics,
 )
 
 __all__ = [
     "METRIC_COLUMNS", "NonFiniteLossError", "TrainingInterrupted", "EpochResult", "resolve_device",
-    "accumulator_dtype", "autocast", "evaluate", "make_optimizer", "train_epoch", "resume_config", "train",
+    "accumulator_dtype", "autocast", "evaluate", "make_optimizer", "init_output_bias", "train_epoch",
+    "resume_config", "train",
 ]
 
 DATA_SEED_OFFSET = 0x5EED  # the data generator's seed is the run's seed plus this
 EVAL_NOISE_SEED = 0  # the per-epoch test bound uses the same posterior noise every epoch
 PROGRESS_EVERY = 50  # steps between host syncs for the progress bar and the finiteness check
+PIXEL_MEAN_CLAMP = 1e-3  # the output bias's mean intensities are clamped to [c, 1 - c]: finite logits
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or Inf; the last checkpoint on disk is the last good one."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA, then MPS, then CPU; an explicit device must be available."""
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: CUDA is not available on this machine (try --device cpu)")
-    if name == "mps" and not mps:
-        raise ValueError("--device mps: MPS is not available on this machine (try --device cpu)")
-    if name not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"--device must be one of auto, cpu, cuda, mps, got {name!r}")
-    return torch.device(name)
-
-
-def accumulator_dtype(device: torch.device) -> torch.dtype:
-    """float64 for running sums of losses, except on MPS, which has no float64."""
-    return torch.float32 if device.type == "mps" else torch.float64
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA when ``enabled``; a no-op elsewhere."""
-    if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _bound(config: TrainConfig):
-    if config.objective == "iwae":
-        return lambda model, x: negative_iwae(model, x, config.k)
-    return lambda model, x: negative_elbo(model, x, config.k)
 
 
 @torch.no_grad()
@@ -112,7 +83,8 @@ class EpochResult(NamedTuple):
         sums: totals over the images seen of loss, -ELBO, reconstruction, KL ``(4,)`` float64;
         batch: batches done (``n_batches`` unless stopped early); n_batches: batches in the epoch;
         seconds: training wall time of the epoch so far; data_rng: the data generator's
-        state at the start of the epoch (it redraws the epoch's permutation).
+        state at the start of the epoch (it redraws the epoch's permutation); lr, kl_weight:
+        the learning rate and KL weight of the last step.
     """
 
     sums: torch.Tensor
@@ -120,6 +92,8 @@ class EpochResult(NamedTuple):
     n_batches: int
     seconds: float
     data_rng: torch.Tensor
+    lr: float = math.nan
+    kl_weight: float = 1.0
 
     def partial(self, epoch: int) -> dict:
         """The interrupted epoch, as stored in a checkpoint (see :class:`vae.runstate.RunProgress`)."""
@@ -128,8 +102,22 @@ class EpochResult(NamedTuple):
 
 
 def make_optimizer(model: VAE, config: TrainConfig, device: torch.device) -> torch.optim.Adam:
-    """Adam at ``config.lr``; the fused kernel on CPU and CUDA (one pass over each tensor)."""
-    return torch.optim.Adam(model.parameters(), lr=config.lr, fused=device.type in ("cpu", "cuda"))
+    """Adam at ``config.lr`` and ``config.adam_eps``; the fused kernel on CPU and CUDA (one pass over each tensor).
+
+    A schedule other than ``constant`` sets the rate before every step (:mod:`vae.schedules`).
+    """
+    return torch.optim.Adam(model.parameters(), lr=config.lr, eps=config.adam_eps, fused=device.type in ("cpu", "cuda"))
+
+
+@torch.no_grad()
+def init_output_bias(model: VAE, images: torch.Tensor) -> None:
+    """Start the decoder's output bias at the logit of each pixel's mean training intensity.
+
+    Args:
+        model: the VAE; images: the training images ``(N, 784)`` in [0, 1].
+    """
+    mean = images.mean(0).clamp(PIXEL_MEAN_CLAMP, 1 - PIXEL_MEAN_CLAMP)  # (784,)
+    model.decoder.head.bias.copy_(torch.logit(mean).to(model.decoder.head.bias))
 
 
 def train_epoch(
@@ -151,7 +139,7 @@ def train_epoch(
     Raises:
         NonFiniteLossError: a step's loss was NaN or Inf.
     """
-    loss_fn, fault = _bound(config), StepFault()
+    fault = StepFault()
     if partial is None:
         start_rng = data_gen.get_state()
         batches = list(batch_indices(len(data), config.batch_size, data_gen, device))  # the epoch's permutation
@@ -163,40 +151,46 @@ def train_epoch(
     first = partial["batch"] if partial else 0
     acc = accumulator_dtype(device)
     sums = partial["sums"].to(device, acc) if partial else torch.zeros(4, device=device, dtype=acc)
-    window = []  # per-step (loss, recon, KL) sums since the last host sync, on the device
+    window = []  # per-step sums since the last host sync, on the device
     done_images = min(first * config.batch_size, len(data))
     bar = tqdm(total=len(data), initial=done_images, desc=f"epoch {epoch}/{config.epochs}", unit="img",
                disable=not config.progress, leave=False, dynamic_ncols=True)
     seen, start, done = 0, time.perf_counter(), first
+    total_steps = config.epochs * len(batches)
+    beta = 1.0
     for i in range(first, len(batches)):
         rows = batches[i]
         x = data.images[rows]  # (B, 784)
         if config.binarize == "dynamic":
             x = binarize(x, data_gen)
+        beta = kl_weight(step + i, config.kl_warmup, len(batches))
+        if config.lr_schedule != "constant":
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config.lr_schedule, config.lr, step + i, total_steps)
         with autocast(device, config.amp):
-            bound: Bound = loss_fn(step_model, x)
-        loss = fault.loss(step + i + 1, bound.loss.mean())
+            surrogate, bound = training_loss(step_model, x, config.objective, config.k, config.estimator, beta)
+        loss = fault.loss(step + i + 1, surrogate.mean())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         with torch.no_grad():  # kept on the device: no host sync inside the step
-            window.append(torch.stack([loss.detach() * len(x), bound.recon.sum(), bound.kl.sum()]))
+            window.append(torch.stack([bound.loss.sum(), bound.recon.sum(), bound.kl.sum(), loss.detach()]))
         seen, done = seen + rows.numel(), i + 1
         fault.after_step(step + done)  # test hook, see vae.faults
         stopping = stop is not None and stop.signum is not None and done < len(batches)
         if done % PROGRESS_EVERY == 0 or done == len(batches) or stopping:
-            steps = torch.stack(window).to(sums.dtype)  # (W, 3)
+            steps = torch.stack(window).to(sums.dtype)  # (W, 4): the bound at beta = 1, recon, KL, the surrogate
             window.clear()
-            bad = (~torch.isfinite(steps[:, 0])).nonzero()
+            bad = (~torch.isfinite(steps[:, [0, 3]]).all(1)).nonzero()
             if len(bad):
                 bar.close()
                 raise NonFiniteLossError(
                     f"non-finite loss at epoch {epoch}, step {step + done - len(steps) + int(bad[0]) + 1}; "
                     "stopped without saving, the last checkpoint is the last good one (try a lower --lr or --grad-clip)"
                 )
-            loss_sum, recon_sum, kl_sum = steps.sum(0)
+            loss_sum, recon_sum, kl_sum, _ = steps.sum(0)
             sums += torch.stack([loss_sum, recon_sum + kl_sum, recon_sum, kl_sum])
             bar.update(done_images + seen - bar.n)
             bar.set_postfix(loss=f"{sums[0].item() / (done_images + seen):.2f}",
@@ -207,7 +201,7 @@ def train_epoch(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = (partial["seconds"] if partial else 0.0) + time.perf_counter() - start
-    return EpochResult(sums, done, len(batches), seconds, start_rng)
+    return EpochResult(sums, done, len(batches), seconds, start_rng, optimizer.param_groups[0]["lr"], beta)
 
 
 def train(config: TrainConfig, log=print) -> Path:
@@ -241,6 +235,8 @@ def train(config: TrainConfig, log=print) -> Path:
     # its own stream: seeded like the global RNG, its draws would replay the weight init
     data_gen = torch.Generator(device=device).manual_seed(config.seed + DATA_SEED_OFFSET)
     model = build_model(config)
+    if config.output_bias == "mean":
+        init_output_bias(model, train_data.images)
     if initial is not None:
         load_weights(model, initial, config.init_from)
     model = model.to(device)
@@ -305,5 +301,5 @@ def _epoch_row(epoch: int, step: int, result: EpochResult, n_images: int, test: 
         )
     loss, neg_elbo, recon, kl = (result.sums / n_images).tolist()
     return {"epoch": epoch, "step": step, "train_loss": loss, "train_neg_elbo": neg_elbo,
-            "train_recon": recon, "train_kl": kl, **test,
+            "train_recon": recon, "train_kl": kl, **test, "lr": result.lr, "kl_weight": result.kl_weight,
             "images_per_s": n_images / result.seconds, "train_seconds": result.seconds}
