@@ -153,7 +153,7 @@ def test_preset_on_the_command_line(fake_mnist, tmp_path):
     assert result.returncode == 0, result.stderr
     stored = json.loads((tmp_path / "results-vae-full" / "config.json").read_text())
     assert stored["preset"] == "results-vae-full" and stored["epochs"] == 1 and stored["hidden"] == [300, 300]
-    assert stored["lr_schedule"] == "burda" and stored["adam_eps"] == 1e-4 and stored["kl_warmup"] > 0
+    assert stored["lr_schedule"] == "cosine" and stored["adam_eps"] == 1e-4 and stored["kl_warmup"] > 0
     with open(tmp_path / "results-vae-full" / "metrics.csv", newline="") as f:
         assert list(csv.DictReader(f))[0]["epoch"] == "1"
     bad = run_cli("train.py", "--preset", "best", "--out-dir", str(tmp_path))

@@ -26,7 +26,7 @@ ESTIMATORS = ("reparam", "stl", "dreg")
 # Named groups of flags: ``python train.py --preset NAME`` reproduces a results
 # run of docs/RESULTS.md; flags given beside it override the preset's values.
 _RESULTS = dict(dataset="mnist", hidden=(300, 300), latent_dim=32, batch_size=128, lr=1e-3, adam_eps=1e-4,
-                lr_schedule="burda", kl_warmup=30, output_bias="mean", epochs=500, seed=0)
+                lr_schedule="cosine", kl_warmup=50, output_bias="mean", epochs=600, seed=0)
 PRESETS: dict[str, dict] = {
     "results-vae-full": {**_RESULTS, "posterior": "full", "run_name": "results-vae-full"},
     "results-vae-diagonal": {**_RESULTS, "posterior": "diagonal", "run_name": "results-vae-diagonal"},
