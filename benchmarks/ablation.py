@@ -126,8 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = [s for s in steps(args.epochs) if args.only is None or s[0] in args.only]
-    tasks = [(name, posterior, step_flags, seed) for seed in args.seeds for name, families, step_flags in plan
-             for posterior in families]
+    # seed by seed, the VAE steps before the (costlier) IWAE ones: a cut-short ablation still pairs its seeds
+    tasks = [(name, posterior, step_flags, seed) for iwae in (False, True) for seed in args.seeds
+             for name, families, step_flags in plan if name.startswith("iwae") == iwae for posterior in families]
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(run_one, out_dir, name, posterior, step_flags, seed, args.epochs, args.k)
                    for name, posterior, step_flags, seed in tasks]
