@@ -33,7 +33,7 @@ from vae.config import ArgumentParser, check_seed, require_positive
 from vae.data import DataError, evaluation_images, load_split
 from vae.model import VAE
 from vae.objectives import bernoulli_log_likelihood, log_weights
-from vae.training import accumulator_dtype, resolve_device
+from vae.device import accumulator_dtype, resolve_device
 
 __all__ = ["importance_weighted_bounds", "evaluate_model", "main"]
 

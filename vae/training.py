@@ -10,7 +10,6 @@ is saved.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -27,6 +26,7 @@ from vae.checkpoint import (
 )
 from vae.config import TrainConfig
 from vae.data import ImageSplit, batch_indices, binarize, evaluation_images, load_split
+from vae.device import accumulator_dtype, autocast, resolve_device
 from vae.faults import StepFault
 from vae.interrupt import GracefulStop, TrainingInterrupted
 from vae.model import VAE
@@ -47,32 +47,6 @@ PROGRESS_EVERY = 50  # steps between host syncs for the progress bar and the fin
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or Inf; the last checkpoint on disk is the last good one."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA, then MPS, then CPU; an explicit device must be available."""
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: CUDA is not available on this machine (try --device cpu)")
-    if name == "mps" and not mps:
-        raise ValueError("--device mps: MPS is not available on this machine (try --device cpu)")
-    if name not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"--device must be one of auto, cpu, cuda, mps, got {name!r}")
-    return torch.device(name)
-
-
-def accumulator_dtype(device: torch.device) -> torch.dtype:
-    """float64 for running sums of losses, except on MPS, which has no float64."""
-    return torch.float32 if device.type == "mps" else torch.float64
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA when ``enabled``; a no-op elsewhere."""
-    if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _bound(config: TrainConfig):
