@@ -31,6 +31,7 @@ from vae.faults import StepFault
 from vae.interrupt import GracefulStop, TrainingInterrupted
 from vae.model import VAE
 from vae.objectives import Bound, negative_elbo, negative_iwae
+from vae.runlock import holding, lock_run_folder
 from vae.runstate import (
     METRIC_COLUMNS, RunProgress, checkpoint_state, repair_run_folder, restore_run, resume_config, write_metrics,
 )
@@ -187,22 +188,37 @@ def train_epoch(
 def train(config: TrainConfig, log=print) -> Path:
     """Train (or resume) the run ``config`` describes and return its folder.
 
+    The run folder is locked (:mod:`vae.runlock`) from before the first write
+    until this returns, or until the end of an enclosing ``vae.runlock.holding()``.
+
     Raises:
         ValueError: an impossible configuration, an output folder that cannot be
             written, or a run folder that resume cannot use.
+        vae.runlock.RunFolderBusy: another process is training in the run folder.
         vae.data.DataError: the dataset cannot be loaded.
         vae.checkpoint.CheckpointError: ``last.pt`` cannot be resumed from.
         NonFiniteLossError: the loss diverged; nothing was saved for that epoch.
         TrainingInterrupted: SIGINT or SIGTERM; ``last.pt`` holds the state after the last step.
     """
-    config.validate()
-    device = resolve_device(config.device)
-    run_dir = config.check_run_dir()
+    with holding():
+        return _train(config, log)
+
+
+def _checked_last(config: TrainConfig, run_dir: Path) -> Path:
+    """``run_dir/last.pt``, once sure that a resume has one and a new run does not."""
     last = run_dir / "last.pt"
     if config.resume and not last.is_file():
         raise ValueError(f"--resume: no {last} to resume from")
     if not config.resume and last.is_file():
         raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-name")
+    return last
+
+
+def _train(config: TrainConfig, log) -> Path:
+    config.validate()
+    device = resolve_device(config.device)
+    run_dir = config.check_run_dir()
+    last = _checked_last(config, run_dir)
     if config.amp and device.type != "cuda":
         log(f"note: --amp applies to CUDA only; training in float32 on {device.type}")
 
@@ -223,6 +239,8 @@ def train(config: TrainConfig, log=print) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ValueError(f"--out-dir {config.out_dir}: cannot create the run folder {run_dir} ({err.strerror})") from None
+    lock_run_folder(run_dir)  # one writer per run folder, until train() returns (vae.runlock)
+    _checked_last(config, run_dir)  # again, now under the lock: another writer may have saved a run meanwhile
     remove_stale_temporaries(run_dir)  # left by a killed writer; the files they were to replace are intact
     progress = RunProgress()
     if config.resume:

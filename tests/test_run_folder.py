@@ -1,0 +1,78 @@
+"""A run folder has one writer, lies inside ``--out-dir``, and loses none of its user's files.
+
+Real ``python train.py`` processes on a tiny IDX MNIST, as in
+``tests/test_reliability.py``, whose helpers these tests share.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli, write_fake_mnist
+from tests.test_reliability import (
+    TIMEOUT, Trainer, assert_one_line_error, quiet, run_many, temporaries, tiny_config, train_args,
+)
+from vae.checkpoint import load_checkpoint
+from vae.runlock import LOCK_NAME, RunFolderBusy, RunLock, holding, lock_run_folder
+from vae.training import train
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_fake_mnist(tmp_path_factory.mktemp("data"))
+
+
+# ---------------------------------------------------------------- one writer per run folder
+
+
+def test_a_second_run_into_the_same_folder_is_refused_until_the_first_ends(data, tmp_path):
+    run_dir = tmp_path / "twin"
+    # the first run holds its first last.pt write open: it has the lock, and no last.pt exists yet
+    first = Trainer(*train_args(data, tmp_path, "twin", "--seed", "1"), env={"VAE_TEST_SLOW_WRITE": "last.pt=60"})
+    first.wait_until(lambda: temporaries(run_dir, "last.pt"), "the first run's last.pt write")
+    second = run_cli("train.py", *train_args(data, tmp_path, "twin", "--seed", "2", "--lr", "3e-3"), timeout=TIMEOUT)
+    assert_one_line_error(second, 2, str(run_dir), f"PID {first.proc.pid}", "in use")
+    assert (run_dir / LOCK_NAME).read_text().strip() == str(first.proc.pid)
+
+    first.proc.kill()  # the operating system drops a dead process's lock
+    assert first.finish() == -signal.SIGKILL
+    third = run_cli("train.py", *train_args(data, tmp_path, "twin", "--seed", "2"), timeout=TIMEOUT)
+    assert third.returncode == 0, third.stderr
+    assert json.loads((run_dir / "config.json").read_text())["seed"] == 2
+    assert load_checkpoint(run_dir / "last.pt")["config"]["seed"] == 2
+
+
+def test_resume_of_a_run_in_use_is_refused_but_readers_never_wait(data, tmp_path):
+    run_dir = train(tiny_config(data, tmp_path, run_name="busy"), log=quiet)
+    before = (run_dir / "last.pt").read_bytes()
+    with RunLock(run_dir):  # this test process plays the run that is still training
+        results = run_many({
+            "resume": ["train.py", "--resume", "--out-dir", str(tmp_path), "--run-name", "busy", "--epochs", "5"],
+            "evaluate": ["-m", "vae.evaluate", str(run_dir / "best.pt"), "--k", "2", "--no-progress"],
+            "visualize": ["-m", "vae.visualize", str(run_dir / "best.pt"), "--out", str(tmp_path / "pics")],
+        })
+    assert_one_line_error(results["resume"], 2, str(run_dir), f"PID {os.getpid()}")
+    assert (run_dir / "last.pt").read_bytes() == before
+    for reader in ("evaluate", "visualize"):
+        assert results[reader].returncode == 0, results[reader].stderr
+    assert (tmp_path / "pics" / "latent.png").is_file()
+
+
+def test_the_lock_is_held_until_the_outermost_holding_block_ends(tmp_path):
+    def holder_of(folder: Path):
+        try:
+            RunLock(folder).acquire().release()
+        except RunFolderBusy as busy:
+            return busy.pid
+        return None
+
+    with holding():
+        with holding():  # train() inside train.py: the inner block does not release
+            lock_run_folder(tmp_path)
+            assert lock_run_folder(tmp_path) is lock_run_folder(tmp_path)  # taken once per process
+        assert holder_of(tmp_path) == os.getpid()  # a second open of the file is a second writer
+    assert holder_of(tmp_path) is None
