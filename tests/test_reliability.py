@@ -439,6 +439,14 @@ FLAG_ERRORS = {
     "zero grad clip": (["--grad-clip", "0"], "--grad-clip"),
     "negative diagonal warm-up": (["--diag-warmup", "-1"], "--diag-warmup"),
     "unknown flag": (["--bogus"], "--bogus"),
+    "run name is a path": (["--run-name", "../escape"], "--run-name", "'../escape'"),
+    "run name is the root": (["--run-name", "/"], "--run-name", "not a path"),
+    "run name is an absolute path": (["--run-name", "{file}"], "--run-name", "not a path"),
+    "run name holds a separator": (["--run-name", "a/b"], "--run-name"),
+    "run name is dot-dot": (["--run-name", ".."], "--run-name"),
+    "run name is a dot": (["--run-name", "."], "--run-name"),
+    "empty run name": (["--run-name", ""], "--run-name"),
+    "resume of a run name that is a path": (["--resume", "--run-name", "../escape"], "--run-name"),
     "out-dir is a file": (["--out-dir", "{file}"], "--out-dir", "{file} is a file, not a folder"),
     "out-dir under a file": (["--out-dir", "{file}/sub"], "--out-dir {file}/sub", "{file} is a file, not a folder"),
 }
@@ -455,6 +463,7 @@ def test_a_bad_flag_or_output_folder_is_one_line_and_exit_2(data, tmp_path, case
     result = run_cli("train.py", "--data-dir", str(data), "--out-dir", str(out), "--no-plots", *flags)
     assert_one_line_error(result, 2, *needles)
     assert not out.exists() and in_the_way.read_text() == "not a folder\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file"]  # nothing escaped --out-dir either
 
 
 def corrupt(data: Path, folder: Path, name: str, edit) -> Path:

@@ -76,3 +76,15 @@ def test_the_lock_is_held_until_the_outermost_holding_block_ends(tmp_path):
             assert lock_run_folder(tmp_path) is lock_run_folder(tmp_path)  # taken once per process
         assert holder_of(tmp_path) == os.getpid()  # a second open of the file is a second writer
     assert holder_of(tmp_path) is None
+
+
+# ---------------------------------------------------------------- run names (the flags: tests/test_reliability.py)
+
+
+def test_a_checkpoint_whose_stored_run_name_is_a_path_still_loads(data, tmp_path):
+    from vae.checkpoint import load_model, save_checkpoint
+
+    state = load_checkpoint(train(tiny_config(data, tmp_path, epochs=1), log=quiet) / "last.pt")
+    state["config"]["run_name"] = "../escaped"  # as trained before run names were checked
+    save_checkpoint({k: v for k, v in state.items() if k != "format"}, tmp_path / "old.pt")
+    assert load_model(tmp_path / "old.pt").latent_dim == 2

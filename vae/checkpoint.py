@@ -8,6 +8,7 @@ and a file whose pickle would run code is refused before anything runs.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import re
@@ -123,8 +124,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: a torch file, but not a fullcov-vae checkpoint")
     if state["format"] != FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {state['format']!r}, expected {FORMAT!r}")
-    try:
-        config_from_dict(state["config"]).validate()
+    try:  # a run name stored before names were checked may be a path; it says nothing about the weights
+        dataclasses.replace(config_from_dict(state["config"]), run_name=None).validate()
     except (AttributeError, TypeError, ValueError) as err:  # not a dict, or impossible values
         raise CheckpointError(f"{path}: its stored config is invalid ({err})") from None
     return state

@@ -16,7 +16,7 @@ from pathlib import Path
 
 __all__ = [
     "TrainConfig", "ArgumentParser", "check_seed", "require_positive", "add_config_args", "config_from_args",
-    "config_from_dict",
+    "config_from_dict", "check_run_name",
 ]
 
 
@@ -24,6 +24,19 @@ def check_seed(seed: int) -> None:
     """Raise ``ValueError`` unless ``seed`` is one that ``torch.Generator.manual_seed`` takes, [0, 2**63)."""
     if not 0 <= seed < 2**63:
         raise ValueError(f"--seed must be in [0, 2**63), got {seed}")
+
+
+def check_run_name(name: typing.Optional[str]) -> None:
+    """Raise ``ValueError`` unless ``name`` (``--run-name``) is a folder name, so the run stays inside ``--out-dir``.
+
+    A path separator, ``.``, ``..``, an absolute path or an empty name is refused; None means the default name.
+    """
+    if name is None:
+        return
+    separators = [sep for sep in ("/", os.sep, os.altsep, "\0") if sep and sep in name]
+    if name in ("", ".", "..") or separators or os.path.isabs(name):
+        raise ValueError(f"--run-name must be a folder name inside --out-dir, not a path "
+                         f"(no '/', '.' or '..'), got {name!r}")
 
 
 def _knob(default, help: str, choices: tuple | None = None, **kw):
@@ -81,6 +94,7 @@ class TrainConfig:
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be a positive integer, got {self.limit}")
         check_seed(self.seed)
+        check_run_name(self.run_name)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"--lr must be a positive finite number, got {self.lr}")
         if self.grad_clip is not None and not self.grad_clip > 0:
