@@ -132,7 +132,12 @@ def csv_epochs(run_dir: Path) -> list[int]:
 
 
 def temporaries(run_dir: Path, name: str = "") -> list[Path]:
-    return sorted(run_dir.glob(f".{name}*.tmp"))
+    """The project's own temporaries of atomic writes (of the file ``name``) in ``run_dir``."""
+    return sorted(run_dir.glob(f".fullcov-{name}*.tmp"))
+
+
+USER_FILES = {".notes.tmp": "my notes\n", ".mynotes.tmp": "more notes\n",
+              ".last.pt.draft.tmp": "a draft\n"}  # a user's files in a run folder: never deleted
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
@@ -202,11 +207,14 @@ def test_kill_9_at_several_moments_loses_no_completed_epoch(data, reference, tmp
     assert assert_nothing_lost(run_dir, t.printed_epochs()) == 1  # epoch 1 intact, epoch 2 not yet saved
     stale = temporaries(run_dir, "last.pt")
     assert stale  # the killed writer's temp file is still there
+    for name, text in USER_FILES.items():
+        (run_dir / name).write_text(text)
 
     # (b) after last.pt, while best.pt or metrics.csv is written: the files disagree
     t = Trainer(*resume_args(tmp_path, "r"), env={"VAE_TEST_SLOW_WRITE": f"best.pt={SLOW_WRITE},metrics.csv={SLOW_WRITE}"})
     t.wait_until(lambda: t.printed("resuming"), "the resume")
     assert not any(path.exists() for path in stale)  # stale temporaries are cleared on start
+    assert {name: (run_dir / name).read_text() for name in USER_FILES} == USER_FILES  # and nothing else
     t.wait_until(lambda: temporaries(run_dir, "best.pt") or temporaries(run_dir, "metrics.csv"), "epoch 2's writes")
     t.proc.kill()
     assert t.finish() == -signal.SIGKILL
@@ -229,6 +237,7 @@ def test_kill_9_at_several_moments_loses_no_completed_epoch(data, reference, tmp
     t = Trainer(*resume_args(tmp_path, "r"))
     assert t.finish() == 0, t.err
     assert_matches_reference(run_dir, reference)
+    assert {name: (run_dir / name).read_text() for name in USER_FILES} == USER_FILES
 
 
 # ---------------------------------------------------------------- 2. graceful stop

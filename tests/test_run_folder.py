@@ -88,3 +88,19 @@ def test_a_checkpoint_whose_stored_run_name_is_a_path_still_loads(data, tmp_path
     state["config"]["run_name"] = "../escaped"  # as trained before run names were checked
     save_checkpoint({k: v for k, v in state.items() if k != "format"}, tmp_path / "old.pt")
     assert load_model(tmp_path / "old.pt").latent_dim == 2
+
+
+# ---------------------------------------------------------------- cleanup (kill -9 and resume: tests/test_reliability.py)
+
+
+def test_cleanup_removes_only_the_temporaries_of_atomic_writes(tmp_path):
+    from vae.checkpoint import remove_stale_temporaries, write_text_atomic
+
+    write_text_atomic(tmp_path / "config.json", "{}\n")
+    ours = [tmp_path / ".fullcov-last.pt.k2j_9x0a.tmp", tmp_path / ".fullcov-metrics.csv.0123abcd.tmp"]
+    theirs = [tmp_path / name for name in (".notes.tmp", ".mynotes.tmp", ".last.pt.k2j_9x0a.tmp", ".fullcov-notes.tmp",
+                                           ".fullcov-notes.TMP", ".fullcov.lock", "notes.tmp")]
+    for path in ours + theirs:
+        path.write_text("x")
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted(ours)
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["config.json"] + [p.name for p in theirs])

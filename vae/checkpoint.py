@@ -2,8 +2,8 @@
 
 Writes are atomic (a temporary file in the same folder, fsynced, then
 ``os.replace``d), so a crash never leaves a half-written checkpoint, only
-perhaps a stale ``.<name>.*.tmp`` that :func:`remove_stale_temporaries`
-clears. Reads use ``torch.load(weights_only=True)``: a checkpoint is data,
+perhaps a stale ``.fullcov-<name>.<random>.tmp`` that
+:func:`remove_stale_temporaries` clears; no other file is ever deleted. Reads use ``torch.load(weights_only=True)``: a checkpoint is data,
 and a file whose pickle would run code is refused before anything runs.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from vae.faults import pause_before_replace
 from vae.model import VAE
 
 __all__ = [
-    "CheckpointError", "FORMAT", "save_checkpoint", "write_text_atomic", "remove_stale_temporaries",
+    "CheckpointError", "FORMAT", "TEMP_PREFIX", "save_checkpoint", "write_text_atomic", "remove_stale_temporaries",
     "load_checkpoint", "MODEL_FIELDS", "build_model", "load_weights", "load_initial_weights", "load_run", "load_model",
     "PRETRAINED", "export_model",
 ]
@@ -31,6 +31,8 @@ __all__ = [
 FORMAT = "fullcov-vae/1"
 PRETRAINED = Path(__file__).resolve().parents[1] / "checkpoints" / "pretrained" / "model.pt"
 """The shipped MNIST model (in a source checkout): the default of ``vae.evaluate`` and ``vae.visualize``."""
+TEMP_PREFIX = ".fullcov-"  # the temporaries of atomic writes: .fullcov-<name>.<8 random characters>.tmp
+_TEMPORARY = re.compile(re.escape(TEMP_PREFIX) + r".+\.[a-z0-9_]{8}\.tmp")  # mkstemp's random part
 REQUIRED_KEYS = ("format", "model", "config", "epoch", "metrics")
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
@@ -41,7 +43,7 @@ class CheckpointError(Exception):
 
 def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write ``path`` through ``write(file)`` to a temp file, fsync, ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
@@ -67,8 +69,12 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete the ``.<name>.*.tmp`` files a killed writer left in ``folder``; return them."""
-    stale = [p for p in Path(folder).glob(".*.tmp") if p.is_file()]
+    """Delete the temporaries a killed atomic write left in ``folder``, and nothing else; return them.
+
+    Only names this project writes match (``.fullcov-<name>.<random>.tmp``): a
+    user's ``.notes.tmp`` stays.
+    """
+    stale = [p for p in Path(folder).glob(f"{TEMP_PREFIX}*.tmp") if _TEMPORARY.fullmatch(p.name) and p.is_file()]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
