@@ -35,12 +35,6 @@ def resume_command(out_dir: str, run_name: str) -> str:
     return f"python train.py --resume --out-dir {shlex.quote(str(out_dir))} --run-name {shlex.quote(run_name)}"
 
 
-def _fail(parser: ArgumentParser, err: Exception | str) -> int:
-    """A runtime failure: one line on stderr, exit code 1."""
-    print(f"{parser.prog}: error: {err}", file=sys.stderr)
-    return 1
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -63,14 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     except CheckpointError as err:
-        return _fail(parser, err)
+        return parser.fail(err)
     with holding():  # the run folder's lock lasts until the pictures are written too
         return _train_and_draw(parser, config)
 
 
 def _train_and_draw(parser: ArgumentParser, config: TrainConfig) -> int:
     """Run ``train(config)``, then draw the pictures; the exit code."""
-    from vae.checkpoint import CheckpointError
+    from vae.checkpoint import CheckpointError, WriteError
     from vae.data import DataError
     from vae.training import NonFiniteLossError, TrainingInterrupted, train
 
@@ -79,9 +73,11 @@ def _train_and_draw(parser: ArgumentParser, config: TrainConfig) -> int:
     except (ValueError, DataError, RunFolderBusy) as err:  # a bad flag or output folder, missing data, a busy folder
         parser.error(str(err))
     except (CheckpointError, NonFiniteLossError) as err:
-        return _fail(parser, err)
-    except OSError as err:  # e.g. the disk filled up while writing a checkpoint
-        return _fail(parser, f"cannot write the run: {err}")
+        return parser.fail(err)
+    except WriteError as err:  # a full disk, say: each write is atomic, so every file there is whole
+        return parser.fail(f"{err}; the files already in the run folder are intact")
+    except OSError as err:
+        return parser.fail(f"cannot write the run: {err}")
     except TrainingInterrupted as err:
         print(f"{parser.prog}: {err}; resume with: {resume_command(config.out_dir, err.run_dir.name)}",
               file=sys.stderr)
@@ -96,7 +92,7 @@ def _train_and_draw(parser: ArgumentParser, config: TrainConfig) -> int:
             for path in write_run_pictures(run_dir / "best.pt", run_dir, data_dir=config.data_dir):
                 print(f"wrote {path}")
         except (DataError, CheckpointError, OSError) as err:  # the run itself is saved
-            return _fail(parser, f"training finished, but the pictures could not be written: {err}")
+            return parser.fail(f"training finished, but the pictures could not be written: {err}")
     print(f"run folder: {run_dir}")
     return 0
 

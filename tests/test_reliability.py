@@ -101,10 +101,12 @@ class Trainer:
         return rc
 
 
-def run_many(commands: dict[str, list[str]], workers: int = 3) -> dict[str, subprocess.CompletedProcess]:
-    """Run several CLI commands (argument lists for this interpreter) a few at a time."""
+def run_many(commands: dict[str, list[str]], workers: int = 3,
+             envs: dict[str, dict] | None = None) -> dict[str, subprocess.CompletedProcess]:
+    """Run several CLI commands (argument lists for this interpreter) a few at a time, each with ``envs[name]``."""
     with ThreadPoolExecutor(workers) as pool:
-        futures = {name: pool.submit(run_cli, *args, timeout=TIMEOUT) for name, args in commands.items()}
+        futures = {name: pool.submit(run_cli, *args, env=(envs or {}).get(name), timeout=TIMEOUT)
+                   for name, args in commands.items()}
         return {name: future.result() for name, future in futures.items()}
 
 

@@ -9,21 +9,23 @@ and a file whose pickle would run code is refused before anything runs.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import pickle
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, IO
+from typing import Any
 
 import torch
 
 from vae.config import TrainConfig, config_from_dict
-from vae.faults import pause_before_replace
+from vae.faults import disk_full, pause_before_replace
 from vae.model import VAE
 
 __all__ = [
-    "CheckpointError", "FORMAT", "TEMP_PREFIX", "save_checkpoint", "write_text_atomic", "remove_stale_temporaries",
+    "CheckpointError", "FORMAT", "TEMP_PREFIX", "WriteError", "write_bytes_atomic", "save_checkpoint",
+    "write_text_atomic", "remove_stale_temporaries",
     "load_checkpoint", "MODEL_FIELDS", "build_model", "load_weights", "load_initial_weights", "load_run", "load_model",
     "PRETRAINED", "export_model",
 ]
@@ -41,31 +43,60 @@ class CheckpointError(Exception):
     """A file that is not a usable checkpoint of this project; the message says why."""
 
 
-def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through ``write(file)`` to a temp file, fsync, ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=".tmp", dir=path.parent)
+class WriteError(OSError):
+    """An output file could not be written (a full disk, say); the file it was to replace is intact.
+
+    ``str()`` is one line naming the path, e.g. ``cannot write runs/r/last.pt: no space left on device``.
+    """
+
+    def __init__(self, path: Path, err: OSError):
+        reason = err.strerror or str(err) or type(err).__name__
+        super().__init__(err.errno, f"cannot write {path}: {reason[:1].lower()}{reason[1:]}", str(path))
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: a temp file in the same folder, fsync, ``os.replace``.
+
+    The project's one writer of output files. Callers serialize into memory
+    first, so that a full disk surfaces here as an ``OSError`` whatever the format.
+
+    Raises:
+        WriteError: the write failed; ``path`` is as it was and no temporary is left.
+    """
+    path = Path(path)
+    tmp = None
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+            f.write(data)
+            disk_full(path.name)  # test hook, see vae.faults
             f.flush()
             os.fsync(f.fileno())
         pause_before_replace(path.name)  # test hook, see vae.faults
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and not isinstance(err, WriteError):
+            raise WriteError(path, err) from None
         raise
     _fsync_dir(path.parent)
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` to ``path`` atomically: temp file, fsync, ``os.replace``."""
-    _write_atomic(Path(path), lambda f: torch.save({"format": FORMAT, **state}, f))
+    """Write ``state`` to ``path`` atomically (see :func:`write_bytes_atomic`)."""
+    buffer = io.BytesIO()  # torch.save would turn a full disk into RuntimeError("... unexpected pos ...")
+    torch.save({"format": FORMAT, **state}, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` atomically, like :func:`save_checkpoint`."""
-    _write_atomic(Path(path), lambda f: f.write(text.encode("utf-8")))
+    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`write_bytes_atomic`)."""
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import math
 import os
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,6 +137,12 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {message.splitlines()[0] if message else message}\n")
+
+    def fail(self, message: object) -> int:
+        """A runtime failure (a broken checkpoint, a full disk): one line on stderr; returns exit code 1."""
+        lines = str(message).splitlines() or [""]
+        print(f"{self.prog}: error: {lines[0]}", file=sys.stderr)
+        return 1
 
 
 def require_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:

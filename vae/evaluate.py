@@ -28,7 +28,7 @@ from typing import Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
-from vae.checkpoint import PRETRAINED, CheckpointError, load_run
+from vae.checkpoint import PRETRAINED, CheckpointError, WriteError, load_run, write_text_atomic
 from vae.config import ArgumentParser, check_seed, require_positive
 from vae.data import DataError, evaluation_images, load_split
 from vae.model import VAE
@@ -123,8 +123,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (ValueError, DataError) as err:
         parser.error(str(err))
     except CheckpointError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 1
+        return parser.fail(err)
     images = evaluation_images(split.images, config.binarize)
     if config.binarize != "dynamic":
         print(f"note: {checkpoint} was trained on intensities (--binarize none); the Bernoulli "
@@ -136,9 +135,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"{args.split} -ELBO {result['neg_elbo']:.3f}  NLL (K={args.k}) {result['nll']:.3f} nats  "
           f"{result['bits_per_dim']:.4f} bits/dim  [{len(images)} images, {result['seconds']:.0f}s]")
     try:
-        out.write_text(json.dumps(result, indent=2) + "\n")
-    except OSError as err:
-        parser.error(f"cannot write {out}: {err.strerror or err}")
+        write_text_atomic(out, json.dumps(result, indent=2) + "\n")
+    except WriteError as err:  # a full disk, say: no partial JSON is left, an older one is intact
+        return parser.fail(err)
     print(f"wrote {out}")
     return 0
 
