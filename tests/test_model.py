@@ -186,3 +186,22 @@ def test_encode_takes_one_image_any_float_dtype_and_refuses_0_255_pixels():
     model.train()  # the training loop's hot path: no min/max, no host sync per batch
     assert model.encode(x * 255)[0].shape == (1, 3)
 
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_loading_onto_cuda_without_cuda_says_so(tmp_path):
+    import dataclasses
+
+    import vae
+    from vae.checkpoint import save_checkpoint
+    from vae.config import TrainConfig
+
+    config = TrainConfig(latent_dim=2, hidden=(8,))
+    path = tmp_path / "model.pt"
+    save_checkpoint({"model": VAE(latent_dim=2, hidden=(8,)).state_dict(), "config": dataclasses.asdict(config),
+                     "epoch": 0, "metrics": []}, path)
+    for device in ("cuda", "cuda:0", torch.device("cuda")):
+        with pytest.raises(ValueError, match="CUDA is not available on this machine"):
+            vae.load_model(path, map_location=device)
+    with pytest.raises(ValueError, match="not a device"):
+        vae.load_model(path, map_location="gpu")
+    assert vae.load_model(path).latent_dim == 2

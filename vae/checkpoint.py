@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from vae.config import TrainConfig, config_from_dict
+from vae.device import available
 from vae.faults import disk_full, pause_before_replace
 from vae.model import VAE
 
@@ -130,11 +131,27 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _check_map_location(map_location: Any) -> None:
+    """``ValueError`` for a device this machine lacks (``torch.load`` would fail as on a damaged file)."""
+    if not isinstance(map_location, (str, torch.device)):
+        return  # a dict or a function: torch.load's own business
+    try:
+        device = torch.device(map_location)
+    except RuntimeError:
+        raise ValueError(f"map_location={map_location!r} is not a device (try 'cpu' or 'cuda')") from None
+    if device.type in ("cuda", "mps") and not available(device.type):
+        raise ValueError(f"map_location={map_location!r}: {device.type.upper()} is not available on this "
+                         "machine (use 'cpu')")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"map_location={map_location!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and check a checkpoint without running any code from it.
 
     Raises:
         CheckpointError: missing, empty, truncated, foreign or unsafe file.
+        ValueError: ``map_location`` is a device this machine does not have.
     """
     path = Path(path)
     if not path.is_file():
@@ -145,6 +162,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: empty file, not a checkpoint")
     if head != ZIP_MAGIC:
         raise CheckpointError(f"{path}: not a checkpoint (not a torch.save archive)")
+    _check_map_location(map_location)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -226,6 +244,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> VA
 
     Raises:
         CheckpointError: the file is not a loadable checkpoint of this project.
+        ValueError: ``map_location`` is a device this machine does not have (``"cuda"`` without CUDA).
     """
     return load_run(path, map_location)[0]
 

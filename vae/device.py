@@ -9,18 +9,24 @@ import contextlib
 
 import torch
 
-__all__ = ["resolve_device", "accumulator_dtype", "autocast"]
+__all__ = ["available", "resolve_device", "accumulator_dtype", "autocast"]
+
+
+def available(kind: str) -> bool:
+    """Whether this machine has a device of type ``kind`` (``cpu``, ``cuda``, ``mps``)."""
+    if kind == "cuda":
+        return torch.cuda.is_available()
+    if kind == "mps":
+        return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    return kind == "cpu"
 
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA, then MPS, then CPU; an explicit device must be available."""
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: CUDA is not available on this machine (try --device cpu)")
-    if name == "mps" and not mps:
-        raise ValueError("--device mps: MPS is not available on this machine (try --device cpu)")
+        return torch.device("cuda" if available("cuda") else "mps" if available("mps") else "cpu")
+    if name in ("cuda", "mps") and not available(name):
+        raise ValueError(f"--device {name}: {name.upper()} is not available on this machine (try --device cpu)")
     if name not in ("cpu", "cuda", "mps"):
         raise ValueError(f"--device must be one of auto, cpu, cuda, mps, got {name!r}")
     return torch.device(name)
@@ -36,3 +42,4 @@ def autocast(device: torch.device, enabled: bool):
     if enabled and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
