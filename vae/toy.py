@@ -96,6 +96,10 @@ class ToyConfig:
                                ("lr", 0 < self.lr < math.inf, "positive and finite")]:
             if not ok:
                 raise ValueError(f"--{name} must be {need}, got {getattr(self, name.replace('-', '_'))}")
+        if self.objective == "nll" and self.samples <= self.dim:  # the 1/N covariance would be singular
+            raise ValueError(f"--samples must exceed --dim for the {self.problem} problem: {self.samples} samples "
+                             f"in {self.dim} dimensions give a singular covariance, which has no Gaussian "
+                             f"likelihood; use --samples {self.dim + 1} or more")
         if self.condition_number is not None and not 1 <= self.condition_number < math.inf:
             raise ValueError(f"--condition-number must be >= 1 and finite, got {self.condition_number}")
 
