@@ -503,6 +503,10 @@ def bad_environment_results(data, tmp_path_factory) -> dict:
     for case, (name, edit) in corrupted.items():
         folder = base / case.replace(" ", "-")
         runs[case] = (corrupt(data, folder, name, edit), folder / "out", [])
+    partial = corrupt(data, base / "partial", "t10k-labels-idx1-ubyte", lambda b: b)
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (partial / "MNIST" / "raw" / name).unlink()
+    runs["missing test files"] = (partial, base / "partial" / "out", [])
     results = run_many({case: ["train.py", *train_args(root, out, "r", *extra)]
                         for case, (root, out, extra) in runs.items()})
     return {case: (results[case], runs[case][1]) for case in runs}
@@ -514,6 +518,7 @@ ENVIRONMENT_ERRORS = {
     "truncated images": ("train-images-idx3-ubyte", "truncated"),
     "truncated header": ("t10k-labels-idx1-ubyte", "too short for an IDX header"),
     "empty labels": ("train-labels-idx1-ubyte", "too short"),
+    "missing test files": ("missing from", "MNIST/raw: t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte;"),
 }
 
 
