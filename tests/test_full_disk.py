@@ -8,6 +8,7 @@ on a real 600 KB tmpfs (only as root, where ``mount`` works).
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -84,6 +85,8 @@ def test_an_injected_full_disk_is_one_line_and_loses_nothing_everywhere(data, ru
 
     assert str(resumed / run.name / "last.pt") in results["resume"]
     assert files(resumed / run.name) == before  # epoch 3 was not saved; nothing of epochs 1-2 was lost
+    config = json.loads((resumed / run.name / "config.json").read_text())  # and config.json still says what last.pt says
+    assert config == json.loads(json.dumps(load_checkpoint(resumed / run.name / "last.pt")["config"]))
     assert "training finished, but the pictures" in results["pictures"]
     assert str(fresh / "samples.png") in results["pictures"]
     assert load_checkpoint(fresh / "last.pt")["epoch"] == 1 and (fresh / "reconstructions.png").read_bytes()[:8] == PNG

@@ -104,3 +104,53 @@ def test_cleanup_removes_only_the_temporaries_of_atomic_writes(tmp_path):
         path.write_text("x")
     assert sorted(remove_stale_temporaries(tmp_path)) == sorted(ours)
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["config.json"] + [p.name for p in theirs])
+
+
+# ---------------------------------------------------------------- resume keeps config.json and last.pt in agreement
+
+
+def stored_config(run_dir: Path) -> dict:
+    """``last.pt``'s config as ``config.json`` writes it."""
+    return json.loads(json.dumps(load_checkpoint(run_dir / "last.pt")["config"]))
+
+
+def test_resume_never_cuts_a_run_short_and_may_name_the_device_it_ran_on(data, tmp_path):
+    from vae.config import TrainConfig
+    from vae.runstate import resume_config
+
+    done = train(tiny_config(data, tmp_path, run_name="done"), log=quiet)  # 3 epochs
+    auto = train(tiny_config(data, tmp_path, run_name="auto", device="auto", epochs=1), log=quiet)  # auto: the CPU here
+    before = {name: (done / name).read_bytes() for name in ("config.json", "last.pt", "best.pt", "metrics.csv")}
+    results = run_many({
+        "shorter": ["train.py", "--resume", "--out-dir", str(tmp_path), "--run-name", "done", "--epochs", "2"],
+        "device": ["train.py", "--resume", "--out-dir", str(tmp_path), "--run-name", "auto", "--epochs", "2",
+                   "--device", "cpu"],
+    })
+    assert_one_line_error(results["shorter"], 2, str(done / "last.pt"), "already has 3 epochs", "--epochs 3 or more")
+    assert {name: (done / name).read_bytes() for name in before} == before
+    assert json.loads((done / "config.json").read_text()) == stored_config(done)
+    assert results["device"].returncode == 0, results["device"].stderr
+    assert stored_config(auto)["device"] == "cpu" and load_checkpoint(auto / "last.pt")["epoch"] == 2
+    assert json.loads((auto / "config.json").read_text()) == stored_config(auto)
+    with pytest.raises(ValueError, match="already has 3 epochs"):  # the library refuses it too
+        train(TrainConfig(**{**stored_config(done), "epochs": 2, "resume": True}), log=quiet)
+    with pytest.raises(ValueError, match="already has 3 epochs"):
+        resume_config(tiny_config(data, tmp_path, run_name="done", resume=True, epochs=1), {"resume", "epochs"})
+
+
+def test_resume_refuses_a_stop_in_mid_epoch_cut_short_and_another_device(data, tmp_path, monkeypatch):
+    from vae.checkpoint import save_checkpoint
+    from vae.training import TrainingInterrupted
+
+    monkeypatch.setenv("VAE_TEST_FAULT_AT_STEP", "8=SIGINT")  # batch 2 of epoch 2 (6 steps an epoch)
+    with pytest.raises(TrainingInterrupted):
+        train(tiny_config(data, tmp_path, run_name="r"), log=quiet)
+    monkeypatch.delenv("VAE_TEST_FAULT_AT_STEP")
+    with pytest.raises(ValueError, match="already has 1 epoch and part of epoch 2; .* --epochs 2 or more"):
+        train(tiny_config(data, tmp_path, run_name="r", resume=True, epochs=1), log=quiet)
+    last = tmp_path / "r" / "last.pt"
+    state = load_checkpoint(last)
+    state["rng"]["cuda"] = state["rng"]["torch"][:16]  # as if saved by a run on a GPU
+    save_checkpoint({k: v for k, v in state.items() if k != "format"}, last)
+    with pytest.raises(ValueError, match="was trained on cuda; continued on cpu"):
+        train(tiny_config(data, tmp_path, run_name="r", resume=True), log=quiet)

@@ -11,7 +11,6 @@ is saved.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -22,7 +21,6 @@ from tqdm.auto import tqdm
 
 from vae.checkpoint import (
     build_model, load_checkpoint, load_initial_weights, load_weights, remove_stale_temporaries, save_checkpoint,
-    write_text_atomic,
 )
 from vae.config import TrainConfig
 from vae.data import ImageSplit, batch_indices, binarize, evaluation_images, load_split
@@ -33,7 +31,8 @@ from vae.model import VAE
 from vae.objectives import Bound, negative_elbo, negative_iwae
 from vae.runlock import holding, lock_run_folder
 from vae.runstate import (
-    METRIC_COLUMNS, RunProgress, checkpoint_state, repair_run_folder, restore_run, resume_config, write_metrics,
+    METRIC_COLUMNS, RunProgress, check_resume, checked_last, checkpoint_state, repair_run_folder, restore_run,
+    resume_config, write_config, write_metrics,
 )
 
 __all__ = [
@@ -204,21 +203,11 @@ def train(config: TrainConfig, log=print) -> Path:
         return _train(config, log)
 
 
-def _checked_last(config: TrainConfig, run_dir: Path) -> Path:
-    """``run_dir/last.pt``, once sure that a resume has one and a new run does not."""
-    last = run_dir / "last.pt"
-    if config.resume and not last.is_file():
-        raise ValueError(f"--resume: no {last} to resume from")
-    if not config.resume and last.is_file():
-        raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-name")
-    return last
-
-
 def _train(config: TrainConfig, log) -> Path:
     config.validate()
     device = resolve_device(config.device)
     run_dir = config.check_run_dir()
-    last = _checked_last(config, run_dir)
+    last = checked_last(config, run_dir)
     if config.amp and device.type != "cuda":
         log(f"note: --amp applies to CUDA only; training in float32 on {device.type}")
 
@@ -240,11 +229,12 @@ def _train(config: TrainConfig, log) -> Path:
     except OSError as err:
         raise ValueError(f"--out-dir {config.out_dir}: cannot create the run folder {run_dir} ({err.strerror})") from None
     lock_run_folder(run_dir)  # one writer per run folder, until train() returns (vae.runlock)
-    _checked_last(config, run_dir)  # again, now under the lock: another writer may have saved a run meanwhile
+    checked_last(config, run_dir)  # again, now under the lock: another writer may have saved a run meanwhile
     remove_stale_temporaries(run_dir)  # left by a killed writer; the files they were to replace are intact
     progress = RunProgress()
     if config.resume:
         state = load_checkpoint(last)  # on the CPU: the RNG states must stay there
+        check_resume(config, state, last, device)  # never cut a run short, nor move it to another device
         progress = restore_run(state, last, model, optimizer, device, data_gen)
         repair_run_folder(run_dir, state, progress)
         at = progress.partial
@@ -253,8 +243,13 @@ def _train(config: TrainConfig, log) -> Path:
         if progress.epoch >= config.epochs and not at:
             log(f"note: {run_dir} already has {progress.epoch} epochs; pass --epochs above that to extend it")
     step_model = torch.compile(model) if config.compile else model
-    write_text_atomic(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
-    save = lambda path: save_checkpoint(checkpoint_state(model, optimizer, config, progress, device, data_gen), path)
+    if not config.resume:  # a resumed run's config.json follows its last.pt, see save()
+        write_config(run_dir, dataclasses.asdict(config))
+
+    def save(path: Path) -> None:
+        save_checkpoint(checkpoint_state(model, optimizer, config, progress, device, data_gen), path)
+        if path == last:  # config.json says what last.pt says (see vae.runstate)
+            write_config(run_dir, dataclasses.asdict(config))
 
     with GracefulStop() as stop:
         log(f"training {run_dir} on {device.type} to epoch {config.epochs}; Ctrl-C stops after the current step")
