@@ -24,7 +24,7 @@ from vae.checkpoint import (
 )
 from vae.config import TrainConfig
 from vae.data import ImageSplit, batch_indices, binarize, evaluation_images, load_split
-from vae.device import accumulator_dtype, autocast, resolve_device
+from vae.device import accumulator_dtype, autocast, check_step_memory, resolve_device
 from vae.faults import StepFault
 from vae.interrupt import GracefulStop, TrainingInterrupted
 from vae.model import VAE
@@ -206,6 +206,7 @@ def train(config: TrainConfig, log=print) -> Path:
 def _train(config: TrainConfig, log) -> Path:
     config.validate()
     device = resolve_device(config.device)
+    check_step_memory(config, device)  # before the data: a --k or --batch-size far too large
     run_dir = config.check_run_dir()
     last = checked_last(config, run_dir)
     if config.amp and device.type != "cuda":
