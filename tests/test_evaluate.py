@@ -95,7 +95,8 @@ def test_cli_writes_json_beside_the_checkpoint(fake_mnist, tmp_path):
     assert k20["nll"] < saved["nll"]
     bad = run_cli("-m", "vae.evaluate", str(tmp_path / "r" / "best.pt"), "--k", "0")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
-    limited = run_cli("-m", "vae.evaluate", str(tmp_path / "r" / "best.pt"), "--k", "1", "--limit", "10", "--no-progress")
+    limited = run_cli("-m", "vae.evaluate", str(tmp_path / "r" / "best.pt"), "--k", "1", "--limit", "10",
+                      "--no-progress")
     assert limited.returncode == 0, limited.stderr
     assert json.loads((tmp_path / "r" / "eval-test-k1-limit10.json").read_text())["images"] == 10
     assert json.loads((tmp_path / "r" / "eval-test-k1.json").read_text()) == saved  # not overwritten

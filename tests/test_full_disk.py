@@ -85,7 +85,7 @@ def test_an_injected_full_disk_is_one_line_and_loses_nothing_everywhere(data, ru
 
     assert str(resumed / run.name / "last.pt") in results["resume"]
     assert files(resumed / run.name) == before  # epoch 3 was not saved; nothing of epochs 1-2 was lost
-    config = json.loads((resumed / run.name / "config.json").read_text())  # and config.json still says what last.pt says
+    config = json.loads((resumed / run.name / "config.json").read_text())  # still what last.pt says
     assert config == json.loads(json.dumps(load_checkpoint(resumed / run.name / "last.pt")["config"]))
     assert "training finished, but the pictures" in results["pictures"]
     assert str(fresh / "samples.png") in results["pictures"]

@@ -90,7 +90,7 @@ def test_a_checkpoint_whose_stored_run_name_is_a_path_still_loads(data, tmp_path
     assert load_model(tmp_path / "old.pt").latent_dim == 2
 
 
-# ---------------------------------------------------------------- cleanup (kill -9 and resume: tests/test_reliability.py)
+# ---------------------------------------------------------------- cleanup (kill -9, resume: test_reliability.py)
 
 
 def test_cleanup_removes_only_the_temporaries_of_atomic_writes(tmp_path):

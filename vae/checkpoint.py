@@ -3,7 +3,11 @@
 Writes are atomic (a temporary file in the same folder, fsynced, then
 ``os.replace``d), so a crash never leaves a half-written checkpoint, only
 perhaps a stale ``.fullcov-<name>.<random>.tmp`` that
-:func:`remove_stale_temporaries` clears; no other file is ever deleted. Reads use ``torch.load(weights_only=True)``: a checkpoint is data,
+:func:`remove_stale_temporaries` clears; no other file is ever deleted.
+:func:`write_bytes_atomic` is the project's one writer of output files: what
+it writes is serialized in memory first, so a full disk is a
+:class:`WriteError` naming the file, and the file it was to replace is
+intact. Reads use ``torch.load(weights_only=True)``: a checkpoint is data,
 and a file whose pickle would run code is refused before anything runs.
 """
 from __future__ import annotations

@@ -38,9 +38,9 @@ from tqdm.auto import tqdm
 from vae.checkpoint import PRETRAINED, CheckpointError, WriteError, load_run, write_text_atomic
 from vae.config import ArgumentParser, check_seed, require_positive
 from vae.data import DataError, evaluation_images, load_split
+from vae.device import accumulator_dtype, resolve_device
 from vae.model import VAE
 from vae.objectives import bernoulli_log_likelihood, log_weights
-from vae.device import accumulator_dtype, resolve_device
 
 __all__ = ["SHIPPED", "is_shipped", "result_path", "portable_path", "importance_weighted_bounds", "evaluate_model",
            "main"]
@@ -148,7 +148,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     checkpoint = Path(args.checkpoint) if args.checkpoint else PRETRAINED
     out = Path(args.out) if args.out else result_path(checkpoint, args.split, args.k, args.limit, args.seed)
     if is_shipped(out):
-        parser.error(f"--out {out}: {SHIPPED.name}/ holds the shipped models, which no command writes; choose another path")
+        parser.error(f"cannot write {out}: checkpoints/{SHIPPED.name}/ holds the shipped models, which no "
+                     "command writes; choose another --out (or run from another folder)")
     if out.is_dir() or not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
         parser.error(f"--out {out}: cannot write there")  # checked before a long evaluation
     try:

@@ -27,8 +27,9 @@ diagonal (the library's default) and ends at 2e-7. Any run that misses 1e-3
 says so and points to ``--epochs`` or ``--optimizer lbfgs``.
 
 Bad arguments print one line on stderr and exit with code 2; a plot that
-cannot be written (a full disk) one line and exit code 1, and no partial PNG. Nothing runs on
-import; plots go through matplotlib's Agg canvas, never through pyplot. torch,
+cannot be written (a full disk) prints one line, exits with code 1 and leaves
+no partial PNG. Nothing runs on import; plots go through matplotlib's Agg
+canvas, never through pyplot. torch,
 numpy and matplotlib are imported inside the functions that use them, so a bad
 flag is answered before torch loads (as with ``vae.config``).
 """
