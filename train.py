@@ -7,7 +7,8 @@
 
 Every flag is a field of :class:`vae.config.TrainConfig`. Exit codes: 0 done;
 1 a checkpoint that cannot be used, a diverged loss or a failed write; 2 a
-bad flag, output folder or dataset; 130 / 143 stopped by SIGINT / SIGTERM
+bad flag, output folder or dataset, or a run folder in which another process
+is training; 130 / 143 stopped by SIGINT / SIGTERM
 after saving ``last.pt`` (the message says how to resume).
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import shlex
 import sys
 
 from vae.config import ArgumentParser, TrainConfig, add_config_args, preset_config
+from vae.runlock import RunFolderBusy, holding
 
 
 def build_parser(suppress_defaults: bool = False) -> ArgumentParser:
@@ -46,12 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))  # one line, exit code 2
 
     from vae.checkpoint import CheckpointError
-    from vae.data import DataError
-    from vae.training import NonFiniteLossError, TrainingInterrupted, resolve_device, resume_config, train
-
-    def fail(err: Exception) -> int:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 1
+    from vae.training import resolve_device, resume_config
 
     try:
         if config.resume:
@@ -61,15 +58,27 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     except CheckpointError as err:
-        return fail(err)
+        return parser.fail(err)
+    with holding():  # the run folder's lock lasts until the pictures are written too
+        return _train_and_draw(parser, config)
+
+
+def _train_and_draw(parser: ArgumentParser, config: TrainConfig) -> int:
+    """Run ``train(config)``, then draw the pictures; the exit code."""
+    from vae.checkpoint import CheckpointError, WriteError
+    from vae.data import DataError
+    from vae.training import NonFiniteLossError, TrainingInterrupted, train
+
     try:
         run_dir = train(config)
-    except (ValueError, DataError) as err:  # a bad flag value or output folder, missing or corrupted data
+    except (ValueError, DataError, RunFolderBusy) as err:  # a bad flag or output folder, missing data, a busy folder
         parser.error(str(err))
     except (CheckpointError, NonFiniteLossError) as err:
-        return fail(err)
-    except OSError as err:  # e.g. the disk filled up while writing a checkpoint
-        return fail(f"cannot write the run: {err}")
+        return parser.fail(err)
+    except WriteError as err:  # a full disk, say: each write is atomic, so every file there is whole
+        return parser.fail(f"{err}; the files already in the run folder are intact")
+    except OSError as err:
+        return parser.fail(f"cannot write the run: {err}")
     except TrainingInterrupted as err:
         print(f"{parser.prog}: {err}; resume with: {resume_command(config.out_dir, err.run_dir.name)}",
               file=sys.stderr)
@@ -84,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             for path in write_run_pictures(run_dir / "best.pt", run_dir, data_dir=config.data_dir):
                 print(f"wrote {path}")
         except (DataError, CheckpointError, OSError) as err:  # the run itself is saved
-            return fail(f"training finished, but the pictures could not be written: {err}")
+            return parser.fail(f"training finished, but the pictures could not be written: {err}")
     print(f"run folder: {run_dir}")
     return 0
 

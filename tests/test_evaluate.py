@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from torch.distributions import MultivariateNormal
 
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 from vae.evaluate import evaluate_model, importance_weighted_bounds
 from vae.model import VAE
 from vae.objectives import negative_elbo
@@ -94,6 +95,12 @@ def test_cli_writes_json_beside_the_checkpoint(fake_mnist, tmp_path):
     assert k20["nll"] < saved["nll"]
     bad = run_cli("-m", "vae.evaluate", str(tmp_path / "r" / "best.pt"), "--k", "0")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    limited = run_cli("-m", "vae.evaluate", str(tmp_path / "r" / "best.pt"), "--k", "1", "--limit", "10",
+                      "--no-progress")
+    assert limited.returncode == 0, limited.stderr
+    assert json.loads((tmp_path / "r" / "eval-test-k1-limit10.json").read_text())["images"] == 10
+    assert json.loads((tmp_path / "r" / "eval-test-k1.json").read_text()) == saved  # not overwritten
+    assert saved["checkpoint"] == "best.pt"  # outside the repository: the name only, no machine path
 
 
 def test_exported_model_is_slim_and_loads(fake_mnist, tmp_path):
@@ -131,5 +138,43 @@ def test_the_shipped_pretrained_model_loads_and_evaluates(real_data, tmp_path):
                      "--data-dir", str(real_data), "--out", str(out))  # no path: the pretrained model
     assert result.returncode == 0, result.stderr
     saved = json.loads(out.read_text())
-    assert saved["checkpoint"] == str(PRETRAINED)
+    assert saved["checkpoint"] == PRETRAINED.relative_to(REPO).as_posix()  # no machine path
     assert 60 < saved["nll"] < saved["neg_elbo"] < 120  # a trained model, not a random one (~545)
+
+
+def shipped_files() -> dict[str, bytes]:
+    from vae.evaluate import SHIPPED
+
+    return {path.name: path.read_bytes() for path in sorted(SHIPPED.iterdir())}
+
+
+def test_no_command_writes_into_the_shipped_folder(fake_mnist, tmp_path):
+    from vae.checkpoint import PRETRAINED
+    from vae.evaluate import SHIPPED
+
+    before = shipped_files()
+    env = {"PYTHONPATH": str(REPO)}  # run from another folder, with this checkout's vae
+    result = run_cli("-m", "vae.evaluate", "--k", "2", "--limit", "20", "--no-progress", "--data-dir", str(fake_mnist),
+                     cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((tmp_path / f"{PRETRAINED.stem}-eval-test-k2-limit20.json").read_text())
+    assert saved["images"] == 20 and saved["checkpoint"] == PRETRAINED.relative_to(REPO).as_posix()
+    refused = run_cli("-m", "vae.evaluate", "--k", "2", "--out", str(SHIPPED / "eval-test-k5000.json"),
+                      cwd=tmp_path, env=env)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "shipped" in refused.stderr and "Traceback" not in refused.stderr
+    assert shipped_files() == before
+
+
+def test_result_names_hold_split_k_limit_and_a_shipped_model_s_stem():
+    from vae.evaluate import SHIPPED, is_shipped, result_path
+
+    run = Path("runs") / "r" / "best.pt"
+    assert result_path(run, "test", 5000) == run.parent / "eval-test-k5000.json"
+    assert result_path(run, "test", 10, limit=20) == run.parent / "eval-test-k10-limit20.json"
+    assert result_path(run, "train", 10, seed=3) == run.parent / "eval-train-k10-seed3.json"
+    for name in ("vae-full.pt", "vae-diagonal.pt", "iwae-full.pt"):  # any file there is shipped
+        assert is_shipped(SHIPPED / name) and not is_shipped(Path("elsewhere") / name)
+        stem = name[:-3]
+        assert result_path(SHIPPED / name, "test", 5000) == Path(f"{stem}-eval-test-k5000.json")  # current folder
+    assert SHIPPED.name == "pretrained" and SHIPPED.parent.name == "checkpoints"

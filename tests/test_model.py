@@ -166,3 +166,42 @@ def test_cuda_bf16_autocast_step():
     assert bound.loss.dtype == torch.float32 and torch.isfinite(bound.loss).all()
     bound.loss.mean().backward()
     assert all(p.grad is not None and p.grad.device.type == "cuda" for p in model.parameters())
+
+
+def test_encode_takes_one_image_any_float_dtype_and_refuses_0_255_pixels():
+    torch.manual_seed(0)
+    model = VAE(latent_dim=3, hidden=(16,)).eval()  # eval: the mode vae.load_model returns
+    x = torch.rand(784)
+    loc, scale_tril = model.encode(x)  # one image, no batch dimension
+    assert loc.shape == (1, 3) and scale_tril.shape == (1, 3, 3)
+    torch.testing.assert_close(model.encode(x.reshape(1, 1, 28, 28)), (loc, scale_tril), rtol=0, atol=0)
+    loc64, tril64 = model.encode(x.double().unsqueeze(0))  # float64 is cast to the model's float32
+    assert loc64.dtype == tril64.dtype == torch.float32
+    torch.testing.assert_close((loc64, tril64), (loc, scale_tril))
+    for images, message in [((x * 255).round(), r"\[0, 1\].*divide by 255"), ((x * 255).to(torch.uint8), "255"),
+                            (x - 0.5, r"\[0, 1\]"), (torch.full((784,), float("nan")), "nan"),
+                            (torch.rand(2, 392), "784 pixels")]:
+        with pytest.raises(ValueError, match=message):
+            model.encode(images)
+    model.train()  # the training loop's hot path: no min/max, no host sync per batch
+    assert model.encode(x * 255)[0].shape == (1, 3)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_loading_onto_cuda_without_cuda_says_so(tmp_path):
+    import dataclasses
+
+    import vae
+    from vae.checkpoint import save_checkpoint
+    from vae.config import TrainConfig
+
+    config = TrainConfig(latent_dim=2, hidden=(8,))
+    path = tmp_path / "model.pt"
+    save_checkpoint({"model": VAE(latent_dim=2, hidden=(8,)).state_dict(), "config": dataclasses.asdict(config),
+                     "epoch": 0, "metrics": []}, path)
+    for device in ("cuda", "cuda:0", torch.device("cuda")):
+        with pytest.raises(ValueError, match="CUDA is not available on this machine"):
+            vae.load_model(path, map_location=device)
+    with pytest.raises(ValueError, match="not a device"):
+        vae.load_model(path, map_location="gpu")
+    assert vae.load_model(path).latent_dim == 2

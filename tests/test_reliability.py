@@ -101,10 +101,12 @@ class Trainer:
         return rc
 
 
-def run_many(commands: dict[str, list[str]], workers: int = 3) -> dict[str, subprocess.CompletedProcess]:
-    """Run several CLI commands (argument lists for this interpreter) a few at a time."""
+def run_many(commands: dict[str, list[str]], workers: int = 3,
+             envs: dict[str, dict] | None = None) -> dict[str, subprocess.CompletedProcess]:
+    """Run several CLI commands (argument lists for this interpreter) a few at a time, each with ``envs[name]``."""
     with ThreadPoolExecutor(workers) as pool:
-        futures = {name: pool.submit(run_cli, *args, timeout=TIMEOUT) for name, args in commands.items()}
+        futures = {name: pool.submit(run_cli, *args, env=(envs or {}).get(name), timeout=TIMEOUT)
+                   for name, args in commands.items()}
         return {name: future.result() for name, future in futures.items()}
 
 
@@ -132,7 +134,12 @@ def csv_epochs(run_dir: Path) -> list[int]:
 
 
 def temporaries(run_dir: Path, name: str = "") -> list[Path]:
-    return sorted(run_dir.glob(f".{name}*.tmp"))
+    """The project's own temporaries of atomic writes (of the file ``name``) in ``run_dir``."""
+    return sorted(run_dir.glob(f".fullcov-{name}*.tmp"))
+
+
+USER_FILES = {".notes.tmp": "my notes\n", ".mynotes.tmp": "more notes\n",
+              ".last.pt.draft.tmp": "a draft\n"}  # a user's files in a run folder: never deleted
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
@@ -202,11 +209,14 @@ def test_kill_9_at_several_moments_loses_no_completed_epoch(data, reference, tmp
     assert assert_nothing_lost(run_dir, t.printed_epochs()) == 1  # epoch 1 intact, epoch 2 not yet saved
     stale = temporaries(run_dir, "last.pt")
     assert stale  # the killed writer's temp file is still there
+    for name, text in USER_FILES.items():
+        (run_dir / name).write_text(text)
 
     # (b) after last.pt, while best.pt or metrics.csv is written: the files disagree
     t = Trainer(*resume_args(tmp_path, "r"), env={"VAE_TEST_SLOW_WRITE": f"best.pt={SLOW_WRITE},metrics.csv={SLOW_WRITE}"})
     t.wait_until(lambda: t.printed("resuming"), "the resume")
     assert not any(path.exists() for path in stale)  # stale temporaries are cleared on start
+    assert {name: (run_dir / name).read_text() for name in USER_FILES} == USER_FILES  # and nothing else
     t.wait_until(lambda: temporaries(run_dir, "best.pt") or temporaries(run_dir, "metrics.csv"), "epoch 2's writes")
     t.proc.kill()
     assert t.finish() == -signal.SIGKILL
@@ -229,6 +239,7 @@ def test_kill_9_at_several_moments_loses_no_completed_epoch(data, reference, tmp
     t = Trainer(*resume_args(tmp_path, "r"))
     assert t.finish() == 0, t.err
     assert_matches_reference(run_dir, reference)
+    assert {name: (run_dir / name).read_text() for name in USER_FILES} == USER_FILES
 
 
 # ---------------------------------------------------------------- 2. graceful stop
@@ -439,6 +450,14 @@ FLAG_ERRORS = {
     "zero grad clip": (["--grad-clip", "0"], "--grad-clip"),
     "negative diagonal warm-up": (["--diag-warmup", "-1"], "--diag-warmup"),
     "unknown flag": (["--bogus"], "--bogus"),
+    "run name is a path": (["--run-name", "../escape"], "--run-name", "'../escape'"),
+    "run name is the root": (["--run-name", "/"], "--run-name", "not a path"),
+    "run name is an absolute path": (["--run-name", "{file}"], "--run-name", "not a path"),
+    "run name holds a separator": (["--run-name", "a/b"], "--run-name"),
+    "run name is dot-dot": (["--run-name", ".."], "--run-name"),
+    "run name is a dot": (["--run-name", "."], "--run-name"),
+    "empty run name": (["--run-name", ""], "--run-name"),
+    "resume of a run name that is a path": (["--resume", "--run-name", "../escape"], "--run-name"),
     "out-dir is a file": (["--out-dir", "{file}"], "--out-dir", "{file} is a file, not a folder"),
     "out-dir under a file": (["--out-dir", "{file}/sub"], "--out-dir {file}/sub", "{file} is a file, not a folder"),
 }
@@ -455,6 +474,7 @@ def test_a_bad_flag_or_output_folder_is_one_line_and_exit_2(data, tmp_path, case
     result = run_cli("train.py", "--data-dir", str(data), "--out-dir", str(out), "--no-plots", *flags)
     assert_one_line_error(result, 2, *needles)
     assert not out.exists() and in_the_way.read_text() == "not a folder\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file"]  # nothing escaped --out-dir either
 
 
 def corrupt(data: Path, folder: Path, name: str, edit) -> Path:
@@ -483,6 +503,10 @@ def bad_environment_results(data, tmp_path_factory) -> dict:
     for case, (name, edit) in corrupted.items():
         folder = base / case.replace(" ", "-")
         runs[case] = (corrupt(data, folder, name, edit), folder / "out", [])
+    partial = corrupt(data, base / "partial", "t10k-labels-idx1-ubyte", lambda b: b)
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (partial / "MNIST" / "raw" / name).unlink()
+    runs["missing test files"] = (partial, base / "partial" / "out", [])
     results = run_many({case: ["train.py", *train_args(root, out, "r", *extra)]
                         for case, (root, out, extra) in runs.items()})
     return {case: (results[case], runs[case][1]) for case in runs}
@@ -494,6 +518,7 @@ ENVIRONMENT_ERRORS = {
     "truncated images": ("train-images-idx3-ubyte", "truncated"),
     "truncated header": ("t10k-labels-idx1-ubyte", "too short for an IDX header"),
     "empty labels": ("train-labels-idx1-ubyte", "too short"),
+    "missing test files": ("missing from", "MNIST/raw: t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte;"),
 }
 
 

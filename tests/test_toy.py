@@ -34,6 +34,8 @@ def block(stdout: str, header: str):
 BAD_ARGS = {
     "dim": ["mle", "--dim", "0"],
     "samples": ["mle", "--samples", "1"],
+    "--samples must exceed --dim for the mle problem": ["mle", "--samples", "5", "--dim", "10"],
+    "--samples must exceed --dim for the batched problem": ["batched", "--samples", "8", "--dim", "8"],
     "epochs": ["mse", "--epochs", "0"],
     "lr": ["mle", "--lr", "-0.1"],
     "batch-size": ["batched", "--batch-size", "0"],

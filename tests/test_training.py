@@ -182,3 +182,32 @@ def test_binarization_draws_are_fresh_random_numbers(fake_mnist, tmp_path, monke
     train(tiny_config(fake_mnist, tmp_path, seed=7), log=lambda *_: None)
     assert seen[0][0] != 7 and seen[0][0] != torch.initial_seed()  # its own seed, not the global RNG's
     assert not torch.equal(seen[0][1], starts[0])  # the first batch's draws come after the permutation's
+
+
+def test_a_training_step_too_large_for_the_memory_is_refused_before_the_data(tmp_path):
+    result = run_cli("train.py", "--objective", "iwae", "--k", "1000000", "--data-dir", str(tmp_path / "nowhere"),
+                     "--out-dir", str(tmp_path / "out"), "--device", "cpu", "--no-progress")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "--k 1000000 with --batch-size 128" in lines[0] and "GiB" in lines[0] and "lower --" in lines[0]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "nowhere").exists()  # the data was never looked for
+
+
+def test_the_memory_limit_is_a_quarter_of_the_device_and_names_the_batch_that_fits():
+    import re
+
+    from vae.device import STEP_MEMORY_FRACTION, check_step_memory, step_memory_bytes
+
+    cpu, gib = torch.device("cpu"), 2**30
+    issue = TrainConfig(objective="iwae", k=5000)  # batch 128, hidden 400: the issue measured 7.8 GB
+    assert 7 * gib < step_memory_bytes(issue) < 9 * gib and STEP_MEMORY_FRACTION == 0.25
+    check_step_memory(issue, cpu, total=64 * gib)  # 16 GiB allowed
+    with pytest.raises(ValueError, match=r"needs about 7\.7 GiB .* over 25% of the 16\.0 GiB of cpu memory") as refused:
+        check_step_memory(issue, cpu, total=16 * gib)
+    fits = int(re.search(r"lower --batch-size to (\d+) or --k", str(refused.value)).group(1))
+    check_step_memory(dataclasses.replace(issue, batch_size=fits), cpu, total=16 * gib)
+    with pytest.raises(ValueError):
+        check_step_memory(dataclasses.replace(issue, batch_size=fits + 1), cpu, total=16 * gib)
+    with pytest.raises(ValueError, match="lower --k$"):  # not even one image fits
+        check_step_memory(TrainConfig(k=10**9, batch_size=1), cpu, total=16 * gib)
+    check_step_memory(TrainConfig(), cpu)  # the defaults fit anywhere

@@ -2,27 +2,35 @@
 
 Writes are atomic (a temporary file in the same folder, fsynced, then
 ``os.replace``d), so a crash never leaves a half-written checkpoint, only
-perhaps a stale ``.<name>.*.tmp`` that :func:`remove_stale_temporaries`
-clears. Reads use ``torch.load(weights_only=True)``: a checkpoint is data,
+perhaps a stale ``.fullcov-<name>.<random>.tmp`` that
+:func:`remove_stale_temporaries` clears; no other file is ever deleted.
+:func:`write_bytes_atomic` is the project's one writer of output files: what
+it writes is serialized in memory first, so a full disk is a
+:class:`WriteError` naming the file, and the file it was to replace is
+intact. Reads use ``torch.load(weights_only=True)``: a checkpoint is data,
 and a file whose pickle would run code is refused before anything runs.
 """
 from __future__ import annotations
 
+import dataclasses
+import io
 import os
 import pickle
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, IO
+from typing import Any
 
 import torch
 
 from vae.config import TrainConfig, config_from_dict
-from vae.faults import pause_before_replace
+from vae.device import available
+from vae.faults import disk_full, pause_before_replace
 from vae.model import VAE
 
 __all__ = [
-    "CheckpointError", "FORMAT", "save_checkpoint", "write_text_atomic", "remove_stale_temporaries",
+    "CheckpointError", "FORMAT", "TEMP_PREFIX", "WriteError", "write_bytes_atomic", "save_checkpoint",
+    "write_text_atomic", "remove_stale_temporaries",
     "load_checkpoint", "MODEL_FIELDS", "build_model", "load_weights", "load_initial_weights", "load_run", "load_model",
     "PRETRAINED", "export_model",
 ]
@@ -30,6 +38,8 @@ __all__ = [
 FORMAT = "fullcov-vae/1"
 PRETRAINED = Path(__file__).resolve().parents[1] / "checkpoints" / "pretrained" / "model.pt"
 """The shipped MNIST model (in a source checkout): the default of ``vae.evaluate`` and ``vae.visualize``."""
+TEMP_PREFIX = ".fullcov-"  # the temporaries of atomic writes: .fullcov-<name>.<8 random characters>.tmp
+_TEMPORARY = re.compile(re.escape(TEMP_PREFIX) + r".+\.[a-z0-9_]{8}\.tmp")  # mkstemp's random part
 REQUIRED_KEYS = ("format", "model", "config", "epoch", "metrics")
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
@@ -38,36 +48,69 @@ class CheckpointError(Exception):
     """A file that is not a usable checkpoint of this project; the message says why."""
 
 
-def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through ``write(file)`` to a temp file, fsync, ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+class WriteError(OSError):
+    """An output file could not be written (a full disk, say); the file it was to replace is intact.
+
+    ``str()`` is one line naming the path, e.g. ``cannot write runs/r/last.pt: no space left on device``.
+    """
+
+    def __init__(self, path: Path, err: OSError):
+        reason = err.strerror or str(err) or type(err).__name__
+        super().__init__(err.errno, f"cannot write {path}: {reason[:1].lower()}{reason[1:]}", str(path))
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: a temp file in the same folder, fsync, ``os.replace``.
+
+    The project's one writer of output files. Callers serialize into memory
+    first, so that a full disk surfaces here as an ``OSError`` whatever the format.
+
+    Raises:
+        WriteError: the write failed; ``path`` is as it was and no temporary is left.
+    """
+    path = Path(path)
+    tmp = None
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+            f.write(data)
+            disk_full(path.name)  # test hook, see vae.faults
             f.flush()
             os.fsync(f.fileno())
         pause_before_replace(path.name)  # test hook, see vae.faults
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and not isinstance(err, WriteError):
+            raise WriteError(path, err) from None
         raise
     _fsync_dir(path.parent)
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` to ``path`` atomically: temp file, fsync, ``os.replace``."""
-    _write_atomic(Path(path), lambda f: torch.save({"format": FORMAT, **state}, f))
+    """Write ``state`` to ``path`` atomically (see :func:`write_bytes_atomic`)."""
+    buffer = io.BytesIO()  # torch.save would turn a full disk into RuntimeError("... unexpected pos ...")
+    torch.save({"format": FORMAT, **state}, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` atomically, like :func:`save_checkpoint`."""
-    _write_atomic(Path(path), lambda f: f.write(text.encode("utf-8")))
+    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`write_bytes_atomic`)."""
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete the ``.<name>.*.tmp`` files a killed writer left in ``folder``; return them."""
-    stale = [p for p in Path(folder).glob(".*.tmp") if p.is_file()]
+    """Delete the temporaries a killed atomic write left in ``folder``, and nothing else; return them.
+
+    Only names this project writes match (``.fullcov-<name>.<random>.tmp``): a
+    user's ``.notes.tmp`` stays.
+    """
+    stale = [p for p in Path(folder).glob(f"{TEMP_PREFIX}*.tmp") if _TEMPORARY.fullmatch(p.name) and p.is_file()]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
@@ -92,11 +135,27 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _check_map_location(map_location: Any) -> None:
+    """``ValueError`` for a device this machine lacks (``torch.load`` would fail as on a damaged file)."""
+    if not isinstance(map_location, (str, torch.device)):
+        return  # a dict or a function: torch.load's own business
+    try:
+        device = torch.device(map_location)
+    except RuntimeError:
+        raise ValueError(f"map_location={map_location!r} is not a device (try 'cpu' or 'cuda')") from None
+    if device.type in ("cuda", "mps") and not available(device.type):
+        raise ValueError(f"map_location={map_location!r}: {device.type.upper()} is not available on this "
+                         "machine (use 'cpu')")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"map_location={map_location!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and check a checkpoint without running any code from it.
 
     Raises:
         CheckpointError: missing, empty, truncated, foreign or unsafe file.
+        ValueError: ``map_location`` is a device this machine does not have.
     """
     path = Path(path)
     if not path.is_file():
@@ -107,6 +166,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: empty file, not a checkpoint")
     if head != ZIP_MAGIC:
         raise CheckpointError(f"{path}: not a checkpoint (not a torch.save archive)")
+    _check_map_location(map_location)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -123,8 +183,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: a torch file, but not a fullcov-vae checkpoint")
     if state["format"] != FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {state['format']!r}, expected {FORMAT!r}")
-    try:
-        config_from_dict(state["config"]).validate()
+    try:  # a run name stored before names were checked may be a path; it says nothing about the weights
+        dataclasses.replace(config_from_dict(state["config"]), run_name=None).validate()
     except (AttributeError, TypeError, ValueError) as err:  # not a dict, or impossible values
         raise CheckpointError(f"{path}: its stored config is invalid ({err})") from None
     return state
@@ -188,6 +248,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> VA
 
     Raises:
         CheckpointError: the file is not a loadable checkpoint of this project.
+        ValueError: ``map_location`` is a device this machine does not have (``"cuda"`` without CUDA).
     """
     return load_run(path, map_location)[0]
 

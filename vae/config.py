@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import math
 import os
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +18,8 @@ from pathlib import Path
 from vae.schedules import LR_SCHEDULES
 
 __all__ = [
-    "TrainConfig", "ArgumentParser", "ESTIMATORS", "PRESETS", "check_seed", "check_estimator", "require_positive",
-    "add_config_args", "config_from_args", "config_from_dict", "preset_config",
+    "TrainConfig", "ArgumentParser", "ESTIMATORS", "PRESETS", "check_seed", "check_estimator", "check_run_name",
+    "require_positive", "add_config_args", "config_from_args", "config_from_dict", "preset_config",
 ]
 
 ESTIMATORS = ("reparam", "stl", "dreg")
@@ -48,6 +49,19 @@ def check_estimator(objective: str, k: int, estimator: str) -> None:
                          "is --estimator stl")
     if estimator == "stl" and objective == "iwae" and k > 1:
         raise ValueError("--estimator stl is biased for --objective iwae at --k above 1; use --estimator dreg")
+
+
+def check_run_name(name: typing.Optional[str]) -> None:
+    """Raise ``ValueError`` unless ``name`` (``--run-name``) is a folder name, so the run stays inside ``--out-dir``.
+
+    A path separator, ``.``, ``..``, an absolute path or an empty name is refused; None means the default name.
+    """
+    if name is None:
+        return
+    separators = [sep for sep in ("/", os.sep, os.altsep, "\0") if sep and sep in name]
+    if name in ("", ".", "..") or separators or os.path.isabs(name):
+        raise ValueError(f"--run-name must be a folder name inside --out-dir, not a path "
+                         f"(no '/', '.' or '..'), got {name!r}")
 
 
 def _knob(default, help: str, choices: tuple | None = None, **kw):
@@ -124,6 +138,7 @@ class TrainConfig:
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be a positive integer, got {self.limit}")
         check_seed(self.seed)
+        check_run_name(self.run_name)
         if not isinstance(self.kl_warmup, int) or self.kl_warmup < 0:
             raise ValueError(f"--kl-warmup must be a non-negative integer, got {self.kl_warmup}")
         for name in ("lr", "adam_eps"):
@@ -171,6 +186,12 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {message.splitlines()[0] if message else message}\n")
+
+    def fail(self, message: object) -> int:
+        """A runtime failure (a broken checkpoint, a full disk): one line on stderr; returns exit code 1."""
+        lines = str(message).splitlines() or [""]
+        print(f"{self.prog}: error: {lines[0]}", file=sys.stderr)
+        return 1
 
 
 def require_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:

@@ -61,11 +61,15 @@ def _torchvision_split(dataset: str, root: Path, train: bool):
     cls = DATASETS[dataset]
     folder = root / cls.__name__
     created = [path for path in (folder / "raw", folder, root) if not path.exists()]
-    if all((folder / "raw" / name).is_file() for name in _raw_names(cls)):
+    missing = [name for name in _raw_names(cls) if not (folder / "raw" / name).is_file()]
+    if not missing:
         for name in _raw_names(cls):
             if name.startswith("train" if train else "t10k"):
                 _check_idx(folder / "raw" / name)
         return cls(str(root), train=train, download=False)
+    if len(missing) < len(_raw_names(cls)):  # a partial copy: a download would overwrite the files that are there
+        raise DataError(f"{dataset} files missing from {folder / 'raw'}: {', '.join(missing)}; "
+                        "copy them there, or point --data-dir (or VAE_DATA_DIR) at a complete copy")
     hint = (
         f"{dataset} not found under {folder / 'raw'} and it could not be downloaded; "
         f"point --data-dir (or VAE_DATA_DIR) at a folder holding {cls.__name__}/raw/*-ubyte"

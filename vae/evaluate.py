@@ -13,7 +13,14 @@ full-covariance posterior give log-weights
 At ``K = 1`` the two coincide. Images go through in batches and samples in
 chunks, so memory stays bounded for any ``K``. The split is binarized once with
 the same fixed seed as training's test set, so numbers are reproducible.
-Results are printed and saved as JSON beside the checkpoint.
+
+Results are printed and saved as JSON (``--out``; by default
+``eval-<split>-k<K>[-limit<N>][-seed<S>].json`` beside the checkpoint). The
+shipped folder ``checkpoints/pretrained/`` is read-only to this command: for
+a checkpoint in it the JSON goes to the current folder, named
+``<checkpoint stem>-eval-...json``, and an ``--out`` into it is refused. The
+JSON records the checkpoint's path relative to the repository when it lies
+inside it, else only its file name: no machine's paths.
 """
 from __future__ import annotations
 
@@ -28,16 +35,42 @@ from typing import Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
-from vae.checkpoint import PRETRAINED, CheckpointError, load_run
+from vae.checkpoint import PRETRAINED, CheckpointError, WriteError, load_run, write_text_atomic
 from vae.config import ArgumentParser, check_seed, require_positive
 from vae.data import DataError, evaluation_images, load_split
+from vae.device import accumulator_dtype, resolve_device
 from vae.model import VAE
 from vae.objectives import bernoulli_log_likelihood, log_weights
-from vae.devices import accumulator_dtype, resolve_device
 
-__all__ = ["importance_weighted_bounds", "evaluate_model", "main"]
+__all__ = ["SHIPPED", "is_shipped", "result_path", "portable_path", "importance_weighted_bounds", "evaluate_model",
+           "main"]
 
 MAX_ROWS = 20_000  # images x samples decoded at once: bounds memory (~63 MB of logits)
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = PRETRAINED.parent
+"""The shipped models' folder: every file in it is shipped, and no command writes into it."""
+
+
+def is_shipped(path: str | Path) -> bool:
+    """Whether ``path`` lies in the shipped folder :data:`SHIPPED` (any file there, whatever its name)."""
+    return SHIPPED.resolve() in Path(path).resolve().parents
+
+
+def result_path(checkpoint: Path, split: str, k: int, limit: Optional[int] = None, seed: int = 0) -> Path:
+    """The default JSON path: beside the checkpoint, or in the current folder for a shipped one.
+
+    The name holds everything that changes the result: ``eval-test-k5000.json``,
+    ``eval-test-k10-limit20.json``; a shipped checkpoint's stem comes first
+    (``model-eval-test-k5000.json``), so two shipped models do not collide.
+    """
+    name = f"eval-{split}-k{k}" + (f"-limit{limit}" if limit else "") + (f"-seed{seed}" if seed else "") + ".json"
+    return Path(f"{checkpoint.stem}-{name}") if is_shipped(checkpoint) else checkpoint.parent / name
+
+
+def portable_path(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it, else its file name: no machine's paths."""
+    resolved = path.resolve()
+    return resolved.relative_to(REPO).as_posix() if REPO in resolved.parents else path.name
 
 
 def importance_weighted_bounds(
@@ -103,7 +136,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--data-dir", default=None, help="dataset root (default: the run's, else $VAE_DATA_DIR)")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
-    parser.add_argument("--out", default=None, help="JSON path (default: eval-<split>-k<K>.json beside the checkpoint)")
+    parser.add_argument("--out", default=None, help="JSON path (default: eval-<split>-k<K>[-limit<N>].json beside the "
+                        "checkpoint; for a shipped one, <stem>-eval-...json in the current folder)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     args = parser.parse_args(argv)
     require_positive(parser, args, "k", "batch_size", "limit")
@@ -112,7 +146,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     checkpoint = Path(args.checkpoint) if args.checkpoint else PRETRAINED
-    out = Path(args.out) if args.out else checkpoint.parent / f"eval-{args.split}-k{args.k}.json"
+    out = Path(args.out) if args.out else result_path(checkpoint, args.split, args.k, args.limit, args.seed)
+    if is_shipped(out):
+        parser.error(f"cannot write {out}: checkpoints/{SHIPPED.name}/ holds the shipped models, which no "
+                     "command writes; choose another --out (or run from another folder)")
     if out.is_dir() or not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
         parser.error(f"--out {out}: cannot write there")  # checked before a long evaluation
     try:
@@ -123,22 +160,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (ValueError, DataError) as err:
         parser.error(str(err))
     except CheckpointError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 1
+        return parser.fail(err)
     images = evaluation_images(split.images, config.binarize)
     if config.binarize != "dynamic":
         print(f"note: {checkpoint} was trained on intensities (--binarize none); the Bernoulli "
               "bound on them is not a likelihood of binary images", file=sys.stderr)
     start = time.perf_counter()
     result = evaluate_model(model, images, args.k, args.batch_size, args.seed, args.progress)
-    result = {"checkpoint": str(checkpoint), "split": args.split, "images": len(images), "k": args.k,
+    result = {"checkpoint": portable_path(checkpoint), "split": args.split, "images": len(images), "k": args.k,
               "seed": args.seed, **result, "seconds": time.perf_counter() - start, "device": str(device)}
     print(f"{args.split} -ELBO {result['neg_elbo']:.3f}  NLL (K={args.k}) {result['nll']:.3f} nats  "
           f"{result['bits_per_dim']:.4f} bits/dim  [{len(images)} images, {result['seconds']:.0f}s]")
     try:
-        out.write_text(json.dumps(result, indent=2) + "\n")
-    except OSError as err:
-        parser.error(f"cannot write {out}: {err.strerror or err}")
+        write_text_atomic(out, json.dumps(result, indent=2) + "\n")
+    except WriteError as err:  # a full disk, say: no partial JSON is left, an older one is intact
+        return parser.fail(err)
     print(f"wrote {out}")
     return 0
 

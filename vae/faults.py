@@ -9,6 +9,12 @@ and no user needs them.
     of an atomic write and ``os.replace``-ing it onto the named file: a window
     in which to kill the process in the middle of a checkpoint write.
 
+``VAE_TEST_DISK_FULL="last.pt,*.png"``
+    An atomic write of a file whose name matches one of these patterns
+    (``fnmatch``) fails with ``ENOSPC`` after its temporary file is written,
+    as on a full disk: the one line, the exit code and the cleanup that
+    follow are the real ones.
+
 ``VAE_TEST_FAULT_AT_STEP="9=nan"``
     At global optimizer step 9 (counted from 1 over the whole run): ``nan`` or
     ``inf`` replaces the loss before the backward pass; a signal name
@@ -17,6 +23,8 @@ and no user needs them.
 """
 from __future__ import annotations
 
+import errno
+import fnmatch
 import os
 import signal
 import time
@@ -24,9 +32,10 @@ from typing import Optional
 
 import torch
 
-__all__ = ["SLOW_WRITE_ENV", "FAULT_AT_STEP_ENV", "pause_before_replace", "StepFault"]
+__all__ = ["SLOW_WRITE_ENV", "DISK_FULL_ENV", "FAULT_AT_STEP_ENV", "pause_before_replace", "disk_full", "StepFault"]
 
 SLOW_WRITE_ENV = "VAE_TEST_SLOW_WRITE"
+DISK_FULL_ENV = "VAE_TEST_DISK_FULL"
 FAULT_AT_STEP_ENV = "VAE_TEST_FAULT_AT_STEP"
 
 
@@ -46,6 +55,13 @@ def pause_before_replace(name: str) -> None:
     seconds = _pairs(SLOW_WRITE_ENV).get(name)
     if seconds:
         time.sleep(float(seconds))
+
+
+def disk_full(name: str) -> None:
+    """Raise ``OSError(ENOSPC)`` if ``VAE_TEST_DISK_FULL`` names the file ``name`` (usually a no-op)."""
+    patterns = os.environ.get(DISK_FULL_ENV, "")
+    if patterns and any(fnmatch.fnmatchcase(name, pattern.strip()) for pattern in patterns.split(",")):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 class StepFault:

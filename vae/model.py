@@ -128,17 +128,41 @@ class VAE(nn.Module):
         return self.encoder.loc_head.out_features
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior parameters for images ``x`` of shape ``(N, 784)`` or ``(N, 1, 28, 28)`` in [0, 1].
+        """Posterior parameters for images ``x``: ``(N, 784)``, ``(N, 1, 28, 28)``, or one image ``(784,)``.
+
+        Pixels are intensities in [0, 1], of any dtype (cast to the model's).
+        In eval mode, the mode :func:`vae.load_model` returns, they are checked
+        first: 0-255 pixels, NaNs or a wrong image size raise ``ValueError``.
+        Training mode skips that check (a min/max and a host sync per batch in
+        the training loop's hot path, whose images are the loader's, in [0, 1]).
 
         Returns:
-            ``loc (N, D)`` and ``scale_tril (N, D, D)``, both float32.
+            ``loc (N, D)`` and ``scale_tril (N, D, D)``, both float32; N = 1 for one image.
         """
+        if x.dim() == 1:  # one image
+            x = x.unsqueeze(0)
+        if x.dtype != self.encoder.loc_head.weight.dtype:
+            x = x.to(self.encoder.loc_head.weight.dtype)
+        if not self.training:
+            self._check_images(x)
         loc, raw = self.encoder(x.reshape(x.shape[0], self.in_dim))  # (N, D), (N, n_raw)
         with torch.autocast(device_type=loc.device.type, enabled=False):
             if self.posterior == "full":
                 offdiag_scale = OFFDIAG_SCALE if self.offdiag_enabled else 0.0
                 return at_least_float32(loc), entries_to_scale_tril(raw, self.diag_transform, offdiag_scale)
             return at_least_float32(loc), diag_entries_to_scale_tril(raw, self.diag_transform)
+
+    def _check_images(self, x: torch.Tensor) -> None:
+        """``ValueError`` unless ``x`` holds ``N`` images of ``in_dim`` pixels in [0, 1]."""
+        if x.numel() != x.shape[0] * self.in_dim:
+            raise ValueError(f"encode: expected images of {self.in_dim} pixels, shaped (N, {self.in_dim}), "
+                             f"(N, 1, 28, 28) or ({self.in_dim},), got shape {tuple(x.shape)}")
+        if x.numel():
+            low, high = torch.aminmax(x)
+            if not (low >= 0 and high <= 1):  # False for NaN too
+                hint = "; for 0-255 images, divide by 255" if high > 1 else ""
+                raise ValueError(f"encode: pixels must be intensities in [0, 1], got values from "
+                                 f"{low.item():.4g} to {high.item():.4g}{hint}")
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Bernoulli logits ``(..., 784)`` for latents ``z`` of shape ``(..., D)``."""

@@ -7,19 +7,23 @@ batches are done, the data generator's state at the epoch's start (to redraw
 the same permutation) and the running sums of its losses. A resume therefore
 ends exactly where an uninterrupted run would (same device, same seed).
 
-Each epoch writes ``last.pt``, then ``best.pt`` (if the test bound improved),
-then ``metrics.csv``; a kill between two writes leaves the later files one
-epoch behind, and :func:`repair_run_folder` rewrites them from ``last.pt``.
+Each epoch writes ``last.pt``, then ``config.json`` (the config ``last.pt``
+holds), then ``best.pt`` (if the test bound improved), then ``metrics.csv``;
+a kill between two writes leaves the later files one epoch behind, and
+:func:`repair_run_folder` rewrites them from ``last.pt``. A resume may
+extend a run (``--epochs``), never shorten it, and may change the device
+only where the results stay the same (:func:`check_resume`).
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
 import io
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 
@@ -27,8 +31,9 @@ from vae.checkpoint import CheckpointError, load_checkpoint, load_weights, save_
 from vae.config import TrainConfig, config_from_dict
 
 __all__ = [
-    "METRIC_COLUMNS", "RESUMABLE_OVERRIDES", "RunProgress", "resume_config", "rng_state", "set_rng_state",
-    "write_metrics", "checkpoint_state", "restore_run", "repair_run_folder",
+    "METRIC_COLUMNS", "RESUMABLE_OVERRIDES", "EpochResult", "RunProgress", "resume_config", "rng_state", "set_rng_state",
+    "write_metrics", "checkpoint_state", "restore_run", "repair_run_folder", "checked_last", "check_resume",
+    "write_config",
 ]
 
 METRIC_COLUMNS = (
@@ -36,8 +41,33 @@ METRIC_COLUMNS = (
     "test_neg_elbo", "test_recon", "test_kl", "images_per_s", "train_seconds", "lr", "kl_weight",
 )
 RESUMABLE_OVERRIDES = ("epochs", "data_dir", "out_dir", "run_name", "resume",
-                       "eval_batch_size", "amp", "compile", "plots", "progress", "grad_clip")
+                       "eval_batch_size", "amp", "compile", "plots", "progress", "grad_clip", "device")
 RESUME_KEYS = ("optimizer", "step", "rng", "best_test_neg_elbo")
+
+
+class EpochResult(NamedTuple):
+    """What :func:`train_epoch` did.
+
+    Attributes:
+        sums: totals over the images seen of loss, -ELBO, reconstruction, KL ``(4,)`` float64;
+        batch: batches done (``n_batches`` unless stopped early); n_batches: batches in the epoch;
+        seconds: training wall time of the epoch so far; data_rng: the data generator's
+        state at the start of the epoch (it redraws the epoch's permutation); lr, kl_weight:
+        the learning rate and KL weight of the last step.
+    """
+
+    sums: torch.Tensor
+    batch: int
+    n_batches: int
+    seconds: float
+    data_rng: torch.Tensor
+    lr: float = math.nan
+    kl_weight: float = 1.0
+
+    def partial(self, epoch: int) -> dict:
+        """The interrupted epoch, as stored in a checkpoint (see :class:`vae.runstate.RunProgress`)."""
+        return {"epoch": epoch, "batch": self.batch, "data_rng": self.data_rng,
+                "sums": self.sums.cpu(), "seconds": self.seconds}
 
 
 @dataclass
@@ -70,17 +100,21 @@ def resume_config(config: TrainConfig, explicit: set[str]) -> TrainConfig:
     """The stored config of the run to resume, with the flags given now applied.
 
     Only flags that leave the model and the data stream unchanged may differ
-    from the stored run (``epochs`` among them, to extend a run at a constant
-    learning rate: a schedule is scaled to the run's epochs).
+    from the stored run: ``epochs`` among them, to extend a run at a constant
+    learning rate (a schedule is scaled to the run's epochs), and ``device``,
+    to name the device it was trained on (``--device cpu`` for a run stored as
+    ``auto``; another device is refused, see :func:`check_resume`).
 
     Raises:
-        ValueError: no run to resume, or a flag that contradicts the stored run.
+        ValueError: no run to resume, a flag that contradicts the stored run, or
+            ``--epochs`` below the epochs it already has.
         vae.checkpoint.CheckpointError: ``last.pt`` is not a loadable checkpoint.
     """
     last = Path(config.out_dir) / config.name / "last.pt"
     if not last.is_file():
         raise ValueError(f"--resume: no {last} to resume from")
-    stored = config_from_dict(load_checkpoint(last)["config"])
+    state = load_checkpoint(last)
+    stored = config_from_dict(state["config"])
     for name in sorted(explicit - set(RESUMABLE_OVERRIDES)):
         if getattr(config, name) != getattr(stored, name):
             flag = "--" + name.replace("_", "-")
@@ -93,7 +127,50 @@ def resume_config(config: TrainConfig, explicit: set[str]) -> TrainConfig:
             f"--resume: {last} runs the {stored.lr_schedule} learning-rate schedule, scaled to its "
             f"{stored.epochs} epochs; --epochs {config.epochs} would change the rate of the steps already taken"
         )
-    return dataclasses.replace(stored, **{name: getattr(config, name) for name in explicit if name in RESUMABLE_OVERRIDES})
+    resumed = dataclasses.replace(stored, **{name: getattr(config, name) for name in explicit
+                                             if name in RESUMABLE_OVERRIDES})
+    check_resume(resumed, state, last)
+    return resumed
+
+
+def checked_last(config: TrainConfig, run_dir: Path) -> Path:
+    """``run_dir/last.pt``, once sure that a resume has one and a new run does not.
+
+    Raises:
+        ValueError: no ``last.pt`` to resume, or one that a new run would overwrite.
+    """
+    last = run_dir / "last.pt"
+    if config.resume and not last.is_file():
+        raise ValueError(f"--resume: no {last} to resume from")
+    if not config.resume and last.is_file():
+        raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-name")
+    return last
+
+
+def check_resume(config: TrainConfig, state: dict[str, Any], path: Path, device: Optional[torch.device] = None) -> None:
+    """Refuse a resume that would make ``config.json`` disagree with ``last.pt``, or change the results.
+
+    Args:
+        config: the resumed run's config; state: ``last.pt`` (at ``path``), read on the CPU;
+        device: where it would continue (checked when given).
+
+    Raises:
+        ValueError: ``config.epochs`` is below the epochs ``last.pt`` holds (a run
+            is extended, never cut short), or ``device`` is not the kind it was trained on.
+    """
+    partial = state.get("partial")
+    needed = partial["epoch"] if partial else state["epoch"]
+    if config.epochs < needed:
+        held = f"{state['epoch']} epoch{'s' * (state['epoch'] != 1)}" + (
+            f" and part of epoch {partial['epoch']}" if partial else "")
+        raise ValueError(f"--resume: {path} already has {held}; --epochs {config.epochs} would not match it "
+                         f"(pass --epochs {needed} or more, or drop the flag)")
+    rng = state.get("rng") if isinstance(state.get("rng"), dict) else {}
+    trained_on = next((kind for kind in ("cuda", "mps") if kind in rng), "cpu")  # rng_state saves that device's
+    if device is not None and device.type != trained_on:
+        raise ValueError(f"--resume: {path} was trained on {trained_on}; continued on {device.type}, its results "
+                         f"would differ from an uninterrupted run (pass --device {trained_on}, or start a new run "
+                         "with --init-from)")
 
 
 def rng_state(device: torch.device, data_gen: torch.Generator) -> dict:
@@ -114,6 +191,11 @@ def set_rng_state(state: dict, device: torch.device, data_gen: torch.Generator) 
         torch.cuda.set_rng_state(state["cuda"], device)
     if "mps" in state and device.type == "mps":
         torch.mps.set_rng_state(state["mps"])
+
+
+def write_config(run_dir: Path, config: dict[str, Any]) -> None:
+    """Write ``config.json`` atomically: ``config`` as a checkpoint stores it (``dataclasses.asdict``)."""
+    write_text_atomic(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
@@ -167,12 +249,14 @@ def _epoch_of(path: Path) -> Optional[int]:
 
 
 def repair_run_folder(run_dir: Path, state: dict[str, Any], progress: RunProgress) -> None:
-    """Bring ``metrics.csv`` and ``best.pt`` in line with ``last.pt`` after a crash.
+    """Bring ``config.json``, ``metrics.csv`` and ``best.pt`` in line with ``last.pt`` after a crash.
 
-    ``metrics.csv`` is rewritten from the checkpoint's rows; ``best.pt`` is
-    rewritten when the last completed epoch is the best one and a kill
-    stopped its copy (only an epoch-boundary ``last.pt`` can stand in for it).
+    ``config.json`` and ``metrics.csv`` are rewritten from the checkpoint's
+    config and rows; ``best.pt`` is rewritten when the last completed epoch is
+    the best one and a kill stopped its copy (only an epoch-boundary
+    ``last.pt`` can stand in for it).
     """
+    write_config(run_dir, state["config"])
     write_metrics(run_dir / "metrics.csv", progress.metrics)
     if not progress.metrics or progress.partial is not None:
         return

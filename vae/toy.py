@@ -26,8 +26,10 @@ script says so. ``--init identity`` starts from L = I with the softplus
 diagonal (the library's default) and ends at 2e-7. Any run that misses 1e-3
 says so and points to ``--epochs`` or ``--optimizer lbfgs``.
 
-Bad arguments print one line on stderr and exit with code 2. Nothing runs on
-import; plots go through matplotlib's Agg canvas, never through pyplot. torch,
+Bad arguments print one line on stderr and exit with code 2; a plot that
+cannot be written (a full disk) prints one line, exits with code 1 and leaves
+no partial PNG. Nothing runs on import; plots go through matplotlib's Agg
+canvas, never through pyplot. torch,
 numpy and matplotlib are imported inside the functions that use them, so a bad
 flag is answered before torch loads (as with ``vae.config``).
 """
@@ -95,6 +97,10 @@ class ToyConfig:
                                ("lr", 0 < self.lr < math.inf, "positive and finite")]:
             if not ok:
                 raise ValueError(f"--{name} must be {need}, got {getattr(self, name.replace('-', '_'))}")
+        if self.objective == "nll" and self.samples <= self.dim:  # the 1/N covariance would be singular
+            raise ValueError(f"--samples must exceed --dim for the {self.problem} problem: {self.samples} samples "
+                             f"in {self.dim} dimensions give a singular covariance, which has no Gaussian "
+                             f"likelihood; use --samples {self.dim + 1} or more")
         if self.condition_number is not None and not 1 <= self.condition_number < math.inf:
             raise ValueError(f"--condition-number must be >= 1 and finite, got {self.condition_number}")
 
@@ -201,6 +207,8 @@ def _plot(cfg: ToyConfig, x, history, optimum: float, fits) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from vae.visualize import save_figure
+
     fig = Figure(figsize=(11, 4.6))
     FigureCanvasAgg(fig)  # the Agg backend, without touching pyplot's global state
     left, right = fig.subplots(1, 2)
@@ -229,7 +237,7 @@ def _plot(cfg: ToyConfig, x, history, optimum: float, fits) -> None:
     right.set(title="loss above the closed-form optimum", xlabel="epoch", ylabel=f"{cfg.objective} excess (log)")
     right.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(cfg.out, format="png", dpi=90)
+    save_figure(fig, cfg.out, dpi=90)  # atomic: a full disk leaves no half-written PNG
 
 
 def run(cfg: ToyConfig) -> bool:
@@ -277,11 +285,12 @@ def main(argv=None) -> int:
         torch.empty(0, device=cfg.device)
     except (RuntimeError, AssertionError) as err:
         parser.error(f"--device {cfg.device!r} is not usable: {err}")
+    from vae.checkpoint import WriteError
+
     try:
         run(cfg)
-    except FloatingPointError as err:
-        print(f"python -m vae.toy: error: {err}", file=sys.stderr)
-        return 1
+    except (FloatingPointError, WriteError) as err:  # a diverged fit; a full disk under the plot
+        return parser.fail(err)
     return 0
 
 

@@ -11,29 +11,29 @@ is saved.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 from tqdm.auto import tqdm
 
 from vae.checkpoint import (
     build_model, load_checkpoint, load_initial_weights, load_weights, remove_stale_temporaries, save_checkpoint,
-    write_text_atomic,
 )
 from vae.config import TrainConfig
 from vae.data import ImageSplit, batch_indices, binarize, evaluation_images, load_split
-from vae.devices import accumulator_dtype, autocast, resolve_device
+from vae.device import accumulator_dtype, autocast, check_step_memory, resolve_device
 from vae.faults import StepFault
 from vae.interrupt import GracefulStop, TrainingInterrupted
 from vae.model import VAE
 from vae.objectives import negative_elbo, training_loss
+from vae.runlock import holding, lock_run_folder
 from vae.schedules import kl_weight, learning_rate
 from vae.runstate import (
-    METRIC_COLUMNS, RunProgress, checkpoint_state, repair_run_folder, restore_run, resume_config, write_metrics,
+    METRIC_COLUMNS, EpochResult, RunProgress, check_resume, checked_last, checkpoint_state, repair_run_folder, restore_run,
+    resume_config, write_config, write_metrics,
 )
 
 __all__ = [
@@ -74,31 +74,6 @@ def evaluate(model: VAE, images: torch.Tensor, batch_size: int = 1000, amp: bool
     model.train(was_training)
     loss, recon, kl = (sums / images.shape[0]).tolist()
     return {"test_neg_elbo": loss, "test_recon": recon, "test_kl": kl}
-
-
-class EpochResult(NamedTuple):
-    """What :func:`train_epoch` did.
-
-    Attributes:
-        sums: totals over the images seen of loss, -ELBO, reconstruction, KL ``(4,)`` float64;
-        batch: batches done (``n_batches`` unless stopped early); n_batches: batches in the epoch;
-        seconds: training wall time of the epoch so far; data_rng: the data generator's
-        state at the start of the epoch (it redraws the epoch's permutation); lr, kl_weight:
-        the learning rate and KL weight of the last step.
-    """
-
-    sums: torch.Tensor
-    batch: int
-    n_batches: int
-    seconds: float
-    data_rng: torch.Tensor
-    lr: float = math.nan
-    kl_weight: float = 1.0
-
-    def partial(self, epoch: int) -> dict:
-        """The interrupted epoch, as stored in a checkpoint (see :class:`vae.runstate.RunProgress`)."""
-        return {"epoch": epoch, "batch": self.batch, "data_rng": self.data_rng,
-                "sums": self.sums.cpu(), "seconds": self.seconds}
 
 
 def make_optimizer(model: VAE, config: TrainConfig, device: torch.device) -> torch.optim.Adam:
@@ -207,22 +182,28 @@ def train_epoch(
 def train(config: TrainConfig, log=print) -> Path:
     """Train (or resume) the run ``config`` describes and return its folder.
 
+    The run folder is locked (:mod:`vae.runlock`) from before the first write
+    until this returns, or until the end of an enclosing ``vae.runlock.holding()``.
+
     Raises:
         ValueError: an impossible configuration, an output folder that cannot be
             written, or a run folder that resume cannot use.
+        vae.runlock.RunFolderBusy: another process is training in the run folder.
         vae.data.DataError: the dataset cannot be loaded.
         vae.checkpoint.CheckpointError: ``last.pt`` cannot be resumed from.
         NonFiniteLossError: the loss diverged; nothing was saved for that epoch.
         TrainingInterrupted: SIGINT or SIGTERM; ``last.pt`` holds the state after the last step.
     """
+    with holding():
+        return _train(config, log)
+
+
+def _train(config: TrainConfig, log) -> Path:
     config.validate()
     device = resolve_device(config.device)
+    check_step_memory(config, device)  # before the data: a --k or --batch-size far too large
     run_dir = config.check_run_dir()
-    last = run_dir / "last.pt"
-    if config.resume and not last.is_file():
-        raise ValueError(f"--resume: no {last} to resume from")
-    if not config.resume and last.is_file():
-        raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-name")
+    last = checked_last(config, run_dir)
     if config.amp and device.type != "cuda":
         log(f"note: --amp applies to CUDA only; training in float32 on {device.type}")
 
@@ -245,10 +226,13 @@ def train(config: TrainConfig, log=print) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ValueError(f"--out-dir {config.out_dir}: cannot create the run folder {run_dir} ({err.strerror})") from None
+    lock_run_folder(run_dir)  # one writer per run folder, until train() returns (vae.runlock)
+    checked_last(config, run_dir)  # again, now under the lock: another writer may have saved a run meanwhile
     remove_stale_temporaries(run_dir)  # left by a killed writer; the files they were to replace are intact
     progress = RunProgress()
     if config.resume:
         state = load_checkpoint(last)  # on the CPU: the RNG states must stay there
+        check_resume(config, state, last, device)  # never cut a run short, nor move it to another device
         progress = restore_run(state, last, model, optimizer, device, data_gen)
         repair_run_folder(run_dir, state, progress)
         at = progress.partial
@@ -257,8 +241,13 @@ def train(config: TrainConfig, log=print) -> Path:
         if progress.epoch >= config.epochs and not at:
             log(f"note: {run_dir} already has {progress.epoch} epochs; pass --epochs above that to extend it")
     step_model = torch.compile(model) if config.compile else model
-    write_text_atomic(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
-    save = lambda path: save_checkpoint(checkpoint_state(model, optimizer, config, progress, device, data_gen), path)
+    if not config.resume:  # a resumed run's config.json follows its last.pt, see save()
+        write_config(run_dir, dataclasses.asdict(config))
+
+    def save(path: Path) -> None:
+        save_checkpoint(checkpoint_state(model, optimizer, config, progress, device, data_gen), path)
+        if path == last:  # config.json says what last.pt says (see vae.runstate)
+            write_config(run_dir, dataclasses.asdict(config))
 
     with GracefulStop() as stop:
         log(f"training {run_dir} on {device.type} to epoch {config.epochs}; Ctrl-C stops after the current step")

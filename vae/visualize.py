@@ -6,10 +6,13 @@ Writes ``reconstructions.png``, ``samples.png``, ``latent.png``,
 ``curves.png`` and, for a 2-D latent space, ``manifold.png`` and
 ``ellipses.png``: the 1σ posterior ellipses of test images, tilted where the
 full covariance captures correlation. Figures are drawn with matplotlib's
-object API (no pyplot, no GUI backend).
+object API (no pyplot, no GUI backend). Each PNG is rendered in memory and
+written atomically (:func:`save_figure`): a full disk gets one line and exit
+code 1, and every picture is whole, the old one or the new one.
 """
 from __future__ import annotations
 
+import io
 import math
 import sys
 from pathlib import Path
@@ -18,14 +21,14 @@ from typing import Optional, Sequence
 import torch
 from matplotlib.figure import Figure
 
-from vae.checkpoint import PRETRAINED, CheckpointError, load_run
+from vae.checkpoint import PRETRAINED, CheckpointError, WriteError, load_run, write_bytes_atomic
 from vae.config import ArgumentParser
 from vae.data import DataError, load_split
 from vae.model import VAE
 
 __all__ = [
     "image_grid", "reconstructions_figure", "samples_figure", "latent_figure",
-    "manifold_figure", "ellipses_figure", "curves_figure", "write_run_pictures", "main",
+    "manifold_figure", "ellipses_figure", "curves_figure", "save_figure", "write_run_pictures", "main",
 ]
 
 CMAP = "tab10"
@@ -162,6 +165,18 @@ def curves_figure(metrics: Sequence[dict]) -> Figure:
     return fig
 
 
+def save_figure(fig: Figure, path: str | Path, **savefig_kwargs) -> Path:
+    """Render ``fig`` as a PNG in memory, then write it to ``path`` atomically; return the path.
+
+    Raises:
+        vae.checkpoint.WriteError: it could not be written (a full disk, say); an older file there is intact.
+    """
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", **savefig_kwargs)
+    write_bytes_atomic(path, buffer.getvalue())
+    return Path(path)
+
+
 def write_run_pictures(
     checkpoint: str | Path, out_dir: str | Path, data_dir: Optional[str] = None, device: str = "cpu",
 ) -> list[Path]:
@@ -170,6 +185,7 @@ def write_run_pictures(
     Raises:
         CheckpointError: the checkpoint cannot be loaded.
         vae.data.DataError: the test set cannot be loaded.
+        vae.checkpoint.WriteError: a picture could not be written; those before it were.
     """
     model, config, state = load_run(checkpoint, map_location=device)
     test = load_split(config.dataset, data_dir or config.data_dir, train=False, device=device)
@@ -184,11 +200,7 @@ def write_run_pictures(
         figures["ellipses"] = ellipses_figure(model, test.images, test.labels)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, fig in figures.items():
-        paths.append(out_dir / f"{name}.png")
-        fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
-    return paths
+    return [save_figure(fig, out_dir / f"{name}.png", dpi=110, bbox_inches="tight") for name, fig in figures.items()]
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -204,11 +216,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         paths = write_run_pictures(args.checkpoint, out, args.data_dir)
     except DataError as err:
         parser.error(str(err))
+    except (WriteError, CheckpointError) as err:  # a full disk, say: each picture is whole, the old one or the new one
+        return parser.fail(err)
     except OSError as err:
         parser.error(f"cannot write pictures to {out}: {err.strerror or err}")
-    except CheckpointError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 1
     for path in paths:
         print(f"wrote {path}")
     return 0
