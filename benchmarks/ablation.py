@@ -1,6 +1,7 @@
 """The recipe ablation of docs/RESULTS.md: each step of the training recipe, full against diagonal, over seeds.
 
     python benchmarks/ablation.py --out-dir ~/runs/ablation [--epochs 20] [--seeds 0 1 2] [--k 100] [--jobs 1]
+    python benchmarks/ablation.py --out-dir ~/runs/ablation --report   # the tables of the runs finished so far
 
 Each run is a real ``python train.py`` process (one torch thread) at the
 results architecture (784-300-300, D = 32, batch 128), followed by
@@ -60,11 +61,14 @@ def steps(epochs: int) -> list[tuple[str, tuple[str, ...], list[str]]]:
             ("iwae5-dreg", ("full",), flags(**recipe, objective="iwae", k=5, estimator="dreg"))]
 
 
-def run_one(out_dir: Path, name: str, posterior: str, step_flags: list[str], seed: int, epochs: int, k: int) -> dict:
-    """Train (or resume) one run and evaluate it; return its table row."""
+def run_one(out_dir: Path, name: str, posterior: str, step_flags: list[str], seed: int, epochs: int, k: int,
+            train_missing: bool = True) -> dict | None:
+    """Train (or resume) one run and evaluate it; return its table row (None: unfinished, not trained)."""
     run_name = f"{name}-{posterior}-s{seed}"
     run_dir, evaluation = out_dir / run_name, out_dir / run_name / f"eval-k{k}.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    if not evaluation.is_file() and not train_missing:
+        return None
     if not evaluation.is_file():
         train = [sys.executable, str(REPO / "train.py"), *BASE, *step_flags, "--posterior", posterior, "--seed", str(seed),
                  "--epochs", str(epochs), "--out-dir", str(out_dir), "--run-name", run_name, "--no-plots",
@@ -121,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=100, help="importance samples of the NLL (default: 100)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, one core each (default: 1)")
     parser.add_argument("--only", nargs="+", default=None, help="run only these steps")
+    parser.add_argument("--report", action="store_true", help="train nothing: tabulate the finished runs")
     args = parser.parse_args(argv)
     require_positive(parser, args, "epochs", "k", "jobs")
     out_dir = Path(args.out_dir).expanduser()
@@ -130,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     tasks = [(name, posterior, step_flags, seed) for iwae in (False, True) for seed in args.seeds
              for name, families, step_flags in plan if name.startswith("iwae") == iwae for posterior in families]
     with ThreadPoolExecutor(args.jobs) as pool:
-        futures = [pool.submit(run_one, out_dir, name, posterior, step_flags, seed, args.epochs, args.k)
-                   for name, posterior, step_flags, seed in tasks]
+        futures = [pool.submit(run_one, out_dir, name, posterior, step_flags, seed, args.epochs, args.k,
+                               not args.report) for name, posterior, step_flags, seed in tasks]
         rows = []
         for (name, posterior, _, seed), future in zip(tasks, futures):
             try:
@@ -139,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.CalledProcessError as err:
                 print(f"{name}-{posterior}-s{seed}: failed ({err}); see its log in {out_dir}", file=sys.stderr)
             else:
+                if rows[-1] is None:
+                    rows.pop()
+                    continue
                 print(f"{name}-{posterior}-s{seed}: -ELBO {rows[-1]['test_neg_elbo']:.2f}  NLL {rows[-1]['nll']:.2f}",
                       flush=True)
     with open(out_dir / "ablation.csv", "w", newline="") as f:
