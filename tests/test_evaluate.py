@@ -1,6 +1,7 @@
 """The importance-sampled NLL estimator: exact on a linear-Gaussian model, ELBO at K=1, the CLI."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -10,6 +11,7 @@ import torch
 from torch.distributions import MultivariateNormal
 
 from tests.conftest import REPO, run_cli
+from vae.checkpoint import PRETRAINED, PRETRAINED_DIR, SHIPPED_MODELS, load_checkpoint, load_model
 from vae.evaluate import evaluate_model, importance_weighted_bounds
 from vae.model import VAE
 from vae.objectives import negative_elbo
@@ -125,14 +127,28 @@ def test_missing_default_checkpoint_is_one_line(tmp_path):
     assert result.stderr.strip().count("\n") == 0 and "absent.pt" in result.stderr
 
 
-def test_the_shipped_pretrained_model_loads_and_evaluates(real_data, tmp_path):
-    from vae.checkpoint import PRETRAINED, load_checkpoint, load_model
+@pytest.mark.parametrize("name", SHIPPED_MODELS)
+def test_each_shipped_model_loads_with_its_config_metrics_and_evaluation(name):
+    path = PRETRAINED_DIR / name
+    assert path.is_file() and path.stat().st_size < 10 * 2**20
+    state = load_checkpoint(path)
+    assert state["config"]["dataset"] == "mnist" and state["epoch"] == len(state["metrics"])
+    assert load_model(path).latent_dim == state["config"]["latent_dim"]
+    stem = name[:-3]
+    with open(PRETRAINED_DIR / f"{stem}-metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [m["epoch"] for m in state["metrics"]]
+    assert float(rows[-1]["test_neg_elbo"]) == pytest.approx(state["metrics"][-1]["test_neg_elbo"])
+    saved = json.loads((PRETRAINED_DIR / f"{stem}-eval-test-k5000.json").read_text())
+    assert saved["checkpoint"] == path.relative_to(REPO).as_posix()  # no machine path
+    assert saved["k"] == 5000 and saved["images"] == 10000 and saved["split"] == "test"
+    assert 70 < saved["nll"] < saved["neg_elbo"] < 120
 
-    assert PRETRAINED.is_file() and PRETRAINED.stat().st_size < 10 * 2**20
-    state = load_checkpoint(PRETRAINED)
-    assert state["config"]["posterior"] == "full" and state["epoch"] == len(state["metrics"])
-    model = load_model(PRETRAINED)
-    assert model.latent_dim == state["config"]["latent_dim"]
+
+def test_the_default_model_is_the_best_shipped_one_and_evaluates(real_data, tmp_path):
+    nll = {name: json.loads((PRETRAINED_DIR / f"{name[:-3]}-eval-test-k5000.json").read_text())["nll"]
+           for name in SHIPPED_MODELS}
+    assert PRETRAINED.name == min(nll, key=nll.get)
     out = tmp_path / "eval.json"
     result = run_cli("-m", "vae.evaluate", "--k", "20", "--limit", "200", "--no-progress",
                      "--data-dir", str(real_data), "--out", str(out))  # no path: the pretrained model

@@ -32,12 +32,16 @@ __all__ = [
     "CheckpointError", "FORMAT", "TEMP_PREFIX", "WriteError", "write_bytes_atomic", "save_checkpoint",
     "write_text_atomic", "remove_stale_temporaries",
     "load_checkpoint", "MODEL_FIELDS", "build_model", "load_weights", "load_initial_weights", "load_run", "load_model",
-    "PRETRAINED", "export_model",
+    "PRETRAINED_DIR", "SHIPPED_MODELS", "PRETRAINED", "export_model",
 ]
 
 FORMAT = "fullcov-vae/1"
-PRETRAINED = Path(__file__).resolve().parents[1] / "checkpoints" / "pretrained" / "model.pt"
-"""The shipped MNIST model (in a source checkout): the default of ``vae.evaluate`` and ``vae.visualize``."""
+PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "pretrained"
+"""The shipped models' folder (in a source checkout); no command writes into it."""
+SHIPPED_MODELS = ("vae-full.pt", "vae-diagonal.pt", "iwae-full.pt")
+"""The shipped MNIST models; ``<stem>-metrics.csv`` and ``<stem>-eval-test-k5000.json`` lie beside each."""
+PRETRAINED = PRETRAINED_DIR / "vae-full.pt"
+"""The shipped model with the lowest test NLL (K = 5000): the default of ``vae.evaluate`` and ``vae.visualize``."""
 TEMP_PREFIX = ".fullcov-"  # the temporaries of atomic writes: .fullcov-<name>.<8 random characters>.tmp
 _TEMPORARY = re.compile(re.escape(TEMP_PREFIX) + r".+\.[a-z0-9_]{8}\.tmp")  # mkstemp's random part
 REQUIRED_KEYS = ("format", "model", "config", "epoch", "metrics")

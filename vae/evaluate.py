@@ -35,7 +35,7 @@ from typing import Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
-from vae.checkpoint import PRETRAINED, CheckpointError, WriteError, load_run, write_text_atomic
+from vae.checkpoint import PRETRAINED, PRETRAINED_DIR, CheckpointError, WriteError, load_run, write_text_atomic
 from vae.config import ArgumentParser, check_seed, require_positive
 from vae.data import DataError, evaluation_images, load_split
 from vae.device import accumulator_dtype, resolve_device
@@ -47,7 +47,7 @@ __all__ = ["SHIPPED", "is_shipped", "result_path", "portable_path", "importance_
 
 MAX_ROWS = 20_000  # images x samples decoded at once: bounds memory (~63 MB of logits)
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = PRETRAINED.parent
+SHIPPED = PRETRAINED_DIR
 """The shipped models' folder: every file in it is shipped, and no command writes into it."""
 
 
@@ -128,7 +128,7 @@ def evaluate_model(
 def main(argv: Optional[list[str]] = None) -> int:
     parser = ArgumentParser(prog="python -m vae.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", nargs="?", default=None,
-                        help="checkpoint to evaluate (default: the shipped checkpoints/pretrained/model.pt)")
+                        help=f"checkpoint to evaluate (default: the best shipped model, checkpoints/pretrained/{PRETRAINED.name})")
     parser.add_argument("--k", type=int, default=5000, help="importance samples per image (default: 5000)")
     parser.add_argument("--split", choices=("test", "train"), default="test")
     parser.add_argument("--batch-size", type=int, default=20, help="images per pass (default: 20)")

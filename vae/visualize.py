@@ -206,8 +206,8 @@ def write_run_pictures(
 def main(argv: Optional[list[str]] = None) -> int:
     parser = ArgumentParser(prog="python -m vae.visualize", description="Draw every picture of a trained VAE.")
     parser.add_argument("checkpoint", nargs="?", default=str(PRETRAINED),
-                        help="a best.pt or last.pt written by train.py (default: the shipped "
-                             "checkpoints/pretrained/model.pt)")
+                        help="a best.pt or last.pt written by train.py (default: the best shipped model, "
+                             f"checkpoints/pretrained/{PRETRAINED.name})")
     parser.add_argument("--out", help="folder for the PNGs (default: the checkpoint's folder)")
     parser.add_argument("--data-dir", help="dataset root (default: the run's, else $VAE_DATA_DIR, else ./data)")
     args = parser.parse_args(argv)
