@@ -12,8 +12,8 @@ stopped and started again. It writes ``ablation.csv`` (a row per run) and
 ``ablation.md`` (mean ± standard deviation over the seeds, and the full-minus-
 diagonal difference per seed) into ``--out-dir``.
 
-The steps (``STEPS``; each adds to the one before it, except the Burda row,
-which swaps the schedule):
+The steps (:func:`steps`; each adds to the one before it, except the Burda
+row, which swaps the schedule):
 
 * ``constant``: constant lr 1e-3, no warm-up, PyTorch's output-bias init, Adam eps 1e-8;
 * ``+cosine``: the cosine schedule and Adam eps 1e-4;
@@ -82,16 +82,11 @@ def run_one(out_dir: Path, name: str, posterior: str, step_flags: list[str], see
                             "--out", str(evaluation), "--no-progress"],
                            env=env, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=REPO)
     with open(run_dir / "metrics.csv", newline="") as f:
-        last = list(csv.DictReader(f))[-1]
+        metrics = list(csv.DictReader(f))
     result = json.loads(evaluation.read_text())
-    return {"step": name, "posterior": posterior, "seed": seed, "epochs": int(last["epoch"]),
-            "test_neg_elbo": float(last["test_neg_elbo"]), "nll": result["nll"], "k": k,
-            "train_seconds": sum_train_seconds(run_dir)}
-
-
-def sum_train_seconds(run_dir: Path) -> float:
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return sum(float(row["train_seconds"]) for row in csv.DictReader(f))
+    return {"step": name, "posterior": posterior, "seed": seed, "epochs": int(metrics[-1]["epoch"]),
+            "test_neg_elbo": float(metrics[-1]["test_neg_elbo"]), "nll": result["nll"], "k": k,
+            "train_seconds": sum(float(row["train_seconds"]) for row in metrics)}
 
 
 def mean_sd(values: list[float]) -> str:

@@ -128,7 +128,8 @@ def evaluate_model(
 def main(argv: Optional[list[str]] = None) -> int:
     parser = ArgumentParser(prog="python -m vae.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", nargs="?", default=None,
-                        help=f"checkpoint to evaluate (default: the best shipped model, checkpoints/pretrained/{PRETRAINED.name})")
+                        help="checkpoint to evaluate (default: the best shipped model, "
+                             f"checkpoints/pretrained/{PRETRAINED.name})")
     parser.add_argument("--k", type=int, default=5000, help="importance samples per image (default: 5000)")
     parser.add_argument("--split", choices=("test", "train"), default="test")
     parser.add_argument("--batch-size", type=int, default=20, help="images per pass (default: 20)")

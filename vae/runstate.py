@@ -122,11 +122,6 @@ def resume_config(config: TrainConfig, explicit: set[str]) -> TrainConfig:
                 f"--resume: {last} was trained with {flag} {getattr(stored, name)!r}; "
                 "drop the flag or start a new run"
             )
-    if "epochs" in explicit and config.epochs != stored.epochs and stored.lr_schedule != "constant":
-        raise ValueError(
-            f"--resume: {last} runs the {stored.lr_schedule} learning-rate schedule, scaled to its "
-            f"{stored.epochs} epochs; --epochs {config.epochs} would change the rate of the steps already taken"
-        )
     resumed = dataclasses.replace(stored, **{name: getattr(config, name) for name in explicit
                                              if name in RESUMABLE_OVERRIDES})
     check_resume(resumed, state, last)
@@ -156,8 +151,16 @@ def check_resume(config: TrainConfig, state: dict[str, Any], path: Path, device:
 
     Raises:
         ValueError: ``config.epochs`` is below the epochs ``last.pt`` holds (a run
-            is extended, never cut short), or ``device`` is not the kind it was trained on.
+            is extended, never cut short), or differs from them under a learning-rate
+            schedule (which is scaled to the run's epochs), or ``device`` is not the kind
+            it was trained on.
     """
+    stored = config_from_dict(state["config"])
+    if config.epochs != stored.epochs and stored.lr_schedule != "constant":
+        raise ValueError(
+            f"--resume: {path} runs the {stored.lr_schedule} learning-rate schedule, scaled to its "
+            f"{stored.epochs} epochs; --epochs {config.epochs} would change the rate of the steps already taken"
+        )
     partial = state.get("partial")
     needed = partial["epoch"] if partial else state["epoch"]
     if config.epochs < needed:

@@ -216,7 +216,7 @@ def _train(config: TrainConfig, log) -> Path:
     # its own stream: seeded like the global RNG, its draws would replay the weight init
     data_gen = torch.Generator(device=device).manual_seed(config.seed + DATA_SEED_OFFSET)
     model = build_model(config)
-    if config.output_bias == "mean":
+    if config.output_bias == "mean" and initial is None and not config.resume:  # else the weights are loaded
         init_output_bias(model, train_data.images)
     if initial is not None:
         load_weights(model, initial, config.init_from)
