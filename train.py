@@ -17,7 +17,8 @@ import argparse
 import shlex
 import sys
 
-from vae.config import ArgumentParser, TrainConfig, add_config_args, preset_config
+from vae.cli import ArgumentParser
+from vae.config import TrainConfig, add_config_args, preset_config
 from vae.runlock import RunFolderBusy, holding
 
 
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         config.validate()
         config.check_run_dir()
     except ValueError as err:
-        parser.error(str(err))  # one line, exit code 2
+        parser.error(err)  # one line, exit code 2
 
     from vae.checkpoint import CheckpointError
     from vae.training import resolve_device, resume_config
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         config.validate()
         resolve_device(config.device)
     except ValueError as err:
-        parser.error(str(err))
+        parser.error(err)
     except CheckpointError as err:
         return parser.fail(err)
     with holding():  # the run folder's lock lasts until the pictures are written too
@@ -72,7 +73,7 @@ def _train_and_draw(parser: ArgumentParser, config: TrainConfig) -> int:
     try:
         run_dir = train(config)
     except (ValueError, DataError, RunFolderBusy) as err:  # a bad flag or output folder, missing data, a busy folder
-        parser.error(str(err))
+        parser.error(err)
     except (CheckpointError, NonFiniteLossError) as err:
         return parser.fail(err)
     except WriteError as err:  # a full disk, say: each write is atomic, so every file there is whole

@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vae.config import ArgumentParser, require_positive  # noqa: E402
+from vae.cli import ArgumentParser, require_positive  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = ["--dataset", "mnist", "--hidden", "300", "300", "--latent-dim", "32", "--batch-size", "128", "--lr", "1e-3"]

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vae.config import ArgumentParser, require_positive  # noqa: E402
+from vae.cli import ArgumentParser, require_positive  # noqa: E402
 from vae.model import VAE  # noqa: E402
 from vae.objectives import training_loss  # noqa: E402
 

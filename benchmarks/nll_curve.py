@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vae.config import ArgumentParser, require_positive  # noqa: E402
+from vae.cli import ArgumentParser, require_positive  # noqa: E402
 
 from vae.checkpoint import load_run  # noqa: E402
 from vae.data import evaluation_images, load_split  # noqa: E402

@@ -28,7 +28,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vae.config import ArgumentParser, require_positive  # noqa: E402
+from vae.cli import ArgumentParser, require_positive  # noqa: E402
 
 from vae.config import TrainConfig  # noqa: E402
 from vae.data import load_split, resolve_data_dir  # noqa: E402

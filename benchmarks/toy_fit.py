@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from vae.config import ArgumentParser, require_positive  # noqa: E402
+from vae.cli import ArgumentParser, require_positive  # noqa: E402
 from vae.covariance import CovarianceLearner, _sigma_points, closed_form, fit_covariance, relative_error  # noqa: E402
 from vae.toy import ToyConfig, make_problem  # noqa: E402
 

@@ -161,7 +161,7 @@ def test_preset_on_the_command_line(fake_mnist, tmp_path):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--estimator", "dreg"], "--estimator dreg is for --objective iwae"),
+    (["--estimator", "dreg"], "--estimator dreg is for the iwae objective"),
     (["--objective", "iwae", "--k", "5", "--estimator", "stl"], "--estimator stl is biased"),
     (["--kl-warmup", "-1"], "--kl-warmup must be a non-negative integer"),
     (["--adam-eps", "0"], "--adam-eps must be a positive finite number"),

@@ -27,6 +27,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from vae.cli import DIAG_TRANSFORMS, check_choice
+
 __all__ = [
     "DIAG_TRANSFORMS",
     "at_least_float32",
@@ -43,7 +45,6 @@ __all__ = [
     "mvn_log_prob",
 ]
 
-DIAG_TRANSFORMS = ("softplus", "exp")
 DIAG_FLOOR = 1e-5  # added to every diagonal entry: L is never singular
 EXP_MAX = 40.0  # exp(40)^2 ~ 5.5e34 < float32 max: L, L L^T and the KL stay finite
 
@@ -68,10 +69,7 @@ def _check_dim(dim: int) -> None:
 
 
 def _check_transform(diag_transform: str) -> None:
-    if diag_transform not in DIAG_TRANSFORMS:
-        raise ValueError(
-            f"unknown diag_transform {diag_transform!r}; choose one of {', '.join(DIAG_TRANSFORMS)}"
-        )
+    check_choice("diag_transform", diag_transform)
 
 
 def at_least_float32(x: torch.Tensor) -> torch.Tensor:

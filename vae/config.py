@@ -10,19 +10,19 @@ import argparse
 import dataclasses
 import math
 import os
-import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vae.schedules import LR_SCHEDULES
+from vae.cli import (
+    BINARIZATIONS, DATASETS, DEVICES, DIAG_TRANSFORMS, ESTIMATORS, FAMILIES, LR_SCHEDULES, OBJECTIVES, OUTPUT_BIASES,
+    ArgumentError, check_choice, flag,
+)
 
 __all__ = [
-    "TrainConfig", "ArgumentParser", "ESTIMATORS", "PRESETS", "check_seed", "check_estimator", "check_run_name",
-    "require_positive", "add_config_args", "config_from_args", "config_from_dict", "preset_config",
+    "TrainConfig", "PRESETS", "check_seed", "check_estimator", "check_run_name",
+    "add_config_args", "config_from_args", "config_from_dict", "preset_config",
 ]
-
-ESTIMATORS = ("reparam", "stl", "dreg")
 
 # Named groups of flags: ``python train.py --preset NAME`` reproduces a results
 # run of docs/RESULTS.md; flags given beside it override the preset's values.
@@ -37,18 +37,17 @@ PRESETS: dict[str, dict] = {
 def check_seed(seed: int) -> None:
     """Raise ``ValueError`` unless ``seed`` is one that ``torch.Generator.manual_seed`` takes, [0, 2**63)."""
     if not 0 <= seed < 2**63:
-        raise ValueError(f"--seed must be in [0, 2**63), got {seed}")
+        raise ArgumentError("seed", f"must be in [0, 2**63), got {seed}")
 
 
 def check_estimator(objective: str, k: int, estimator: str) -> None:
-    """Raise ``ValueError`` unless the gradient ``estimator`` is unbiased for ``objective`` at ``k`` samples."""
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"--estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+    """Raise :class:`~vae.cli.ArgumentError` unless the gradient ``estimator`` is unbiased for ``objective`` at ``k``."""
+    check_choice("estimator", estimator)
     if estimator == "dreg" and objective != "iwae":
-        raise ValueError("--estimator dreg is for --objective iwae; the ELBO's doubly reparameterized gradient "
-                         "is --estimator stl")
+        raise ArgumentError("estimator", "dreg is for the iwae objective; the ELBO's doubly reparameterized "
+                            "gradient is stl")
     if estimator == "stl" and objective == "iwae" and k > 1:
-        raise ValueError("--estimator stl is biased for --objective iwae at --k above 1; use --estimator dreg")
+        raise ArgumentError("estimator", "stl is biased for the iwae objective at k above 1; use dreg")
 
 
 def check_run_name(name: typing.Optional[str]) -> None:
@@ -60,8 +59,8 @@ def check_run_name(name: typing.Optional[str]) -> None:
         return
     separators = [sep for sep in ("/", os.sep, os.altsep, "\0") if sep and sep in name]
     if name in ("", ".", "..") or separators or os.path.isabs(name):
-        raise ValueError(f"--run-name must be a folder name inside --out-dir, not a path "
-                         f"(no '/', '.' or '..'), got {name!r}")
+        raise ArgumentError("run_name", f"must be a folder name inside the output folder, not a path "
+                            f"(no '/', '.' or '..'), got {name!r}")
 
 
 def _knob(default, help: str, choices: tuple | None = None, **kw):
@@ -72,23 +71,25 @@ def _knob(default, help: str, choices: tuple | None = None, **kw):
 class TrainConfig:
     """Configuration of one training run (see ``python train.py --help``)."""
 
-    dataset: str = _knob("mnist", "dataset to train on", ("mnist", "fashion-mnist"))
+    dataset: str = _knob("mnist", "dataset to train on", DATASETS)
     data_dir: typing.Optional[str] = _knob(
         None, "dataset root (torchvision layout); default $VAE_DATA_DIR, else ./data (downloaded)"
     )
     limit: typing.Optional[int] = _knob(None, "use only the first N training images")
-    binarize: str = _knob("dynamic", "fresh Bernoulli pixels every batch, or raw intensities", ("dynamic", "none"))
+    binarize: str = _knob("dynamic", "fresh Bernoulli pixels every batch, or raw intensities", BINARIZATIONS)
     latent_dim: int = _knob(20, "latent dimension D")
     hidden: typing.Tuple[int, ...] = _knob((400,), "hidden widths of encoder and decoder, e.g. --hidden 500 500")
-    posterior: str = _knob("full", "full Cholesky factor, or diagonal", ("full", "diagonal"))
-    diag_transform: str = _knob("softplus", "positive map of the factor's diagonal", ("softplus", "exp"))
+    posterior: str = _knob("full", "posterior family: full Cholesky factor, diagonal, or low rank plus diagonal",
+                           FAMILIES)
+    rank: int = _knob(2, "rank R of the lowrank posterior's factor W (Sigma = W W^T + diag(d))")
+    diag_transform: str = _knob("softplus", "positive map of the factor's diagonal", DIAG_TRANSFORMS)
     diag_warmup: int = _knob(
         2, "epochs at the start during which a full posterior is held diagonal (0: none); see docs/RESULTS.md"
     )
     init_from: typing.Optional[str] = _knob(
         None, "start from this checkpoint's weights (a fine-tune: fresh optimizer, no diagonal warm-up)"
     )
-    objective: str = _knob("elbo", "training bound: ELBO, or the importance-weighted bound", ("elbo", "iwae"))
+    objective: str = _knob("elbo", "training bound: ELBO, or the importance-weighted bound", OBJECTIVES)
     k: int = _knob(1, "posterior samples per image (the IWAE's K)")
     estimator: str = _knob(
         "reparam", "encoder gradient: reparameterized, sticking the landing (ELBO), or doubly reparameterized (IWAE)",
@@ -107,11 +108,11 @@ class TrainConfig:
     adam_eps: float = _knob(1e-8, "Adam's epsilon (Burda et al.'s code: 1e-4)")
     output_bias: str = _knob(
         "mean", "decoder output bias at the start: the logit of the mean training pixel, or PyTorch's default init",
-        ("mean", "default"),
+        OUTPUT_BIASES,
     )
     grad_clip: typing.Optional[float] = _knob(None, "clip the gradient's global norm to this value")
     eval_batch_size: int = _knob(1000, "batch size of the per-epoch test evaluation")
-    device: str = _knob("auto", "where to train", ("auto", "cpu", "cuda", "mps"))
+    device: str = _knob("auto", "where to train", DEVICES)
     amp: bool = _knob(False, "bf16 autocast on CUDA (covariance maths stays float32)")
     compile: bool = _knob(False, "torch.compile the model")
     seed: int = _knob(0, "random seed")
@@ -128,33 +129,34 @@ class TrainConfig:
         self.hidden = tuple(int(h) for h in self.hidden)
 
     def validate(self) -> None:
-        """Raise ``ValueError`` with a one-line message for any impossible value."""
-        for name in ("latent_dim", "k", "epochs", "batch_size", "eval_batch_size"):
+        """Raise :class:`~vae.cli.ArgumentError` (a ``ValueError``) with a one-line message for any impossible value."""
+        for name in ("latent_dim", "rank", "k", "epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-        if not isinstance(self.diag_warmup, int) or self.diag_warmup < 0:
-            raise ValueError(f"--diag-warmup must be a non-negative integer, got {self.diag_warmup}")
+                raise ArgumentError(name, f"must be a positive integer, got {value}")
+        for name in ("diag_warmup", "kl_warmup"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ArgumentError(name, f"must be a non-negative integer, got {value}")
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be a positive integer, got {self.limit}")
+            raise ArgumentError("limit", f"must be a positive integer, got {self.limit}")
         check_seed(self.seed)
         check_run_name(self.run_name)
-        if not isinstance(self.kl_warmup, int) or self.kl_warmup < 0:
-            raise ValueError(f"--kl-warmup must be a non-negative integer, got {self.kl_warmup}")
         for name in ("lr", "adam_eps"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"--{name.replace('_', '-')} must be a positive finite number, got {value}")
+                raise ArgumentError(name, f"must be a positive finite number, got {value}")
         if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"--grad-clip must be positive, got {self.grad_clip}")
+            raise ArgumentError("grad_clip", f"must be positive, got {self.grad_clip}")
         if not self.hidden or any(h < 1 for h in self.hidden):
-            raise ValueError(f"--hidden must list positive widths, got {list(self.hidden)}")
+            raise ArgumentError("hidden", f"must list positive widths, got {list(self.hidden)}")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
-            if choices and value not in choices and not (f.default is None and value is None):
-                flag = "--" + f.name.replace("_", "-")
-                raise ValueError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
+            if choices and not (f.default is None and value is None):
+                check_choice(f.name, value, choices)
+        if self.posterior == "lowrank" and self.rank > self.latent_dim:
+            raise ArgumentError("rank", f"must be at most latent_dim ({self.latent_dim}), got {self.rank}")
         check_estimator(self.objective, self.k, self.estimator)
 
     @property
@@ -173,34 +175,12 @@ class TrainConfig:
         while not existing.exists() and existing.parent != existing:
             existing = existing.parent
         if not existing.is_dir():
-            raise ValueError(f"--out-dir {self.out_dir}: cannot create the run folder {run_dir}, "
-                             f"{existing} is a file, not a folder")
+            raise ArgumentError("out_dir", f"{self.out_dir}: cannot create the run folder {run_dir}, "
+                                           f"{existing} is a file, not a folder")
         if not os.access(existing, os.W_OK | os.X_OK):
-            raise ValueError(f"--out-dir {self.out_dir}: cannot create the run folder {run_dir}, "
-                             f"{existing} is not writable")
+            raise ArgumentError("out_dir", f"{self.out_dir}: cannot create the run folder {run_dir}, "
+                                           f"{existing} is not writable")
         return run_dir
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """An argparse parser whose usage errors are one line on stderr and exit code 2."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        self.exit(2, f"{self.prog}: error: {message.splitlines()[0] if message else message}\n")
-
-    def fail(self, message: object) -> int:
-        """A runtime failure (a broken checkpoint, a full disk): one line on stderr; returns exit code 1."""
-        lines = str(message).splitlines() or [""]
-        print(f"{self.prog}: error: {lines[0]}", file=sys.stderr)
-        return 1
-
-
-def require_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
-    """Usage error (one line, exit 2) unless each named flag, or each of its values, is at least 1."""
-    for name in names:
-        value = getattr(args, name)
-        values = value if isinstance(value, (list, tuple)) else [value]
-        if any(v is not None and v < 1 for v in values):
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls=TrainConfig, with_defaults: bool = True) -> None:
@@ -211,7 +191,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls=TrainConfig, with_defau
     """
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
+        option = flag(f.name)
         kind = hints[f.name]
         meta = f.metadata
         shown = "" if f.default is None else f" (default: {' '.join(map(str, f.default)) if isinstance(f.default, tuple) else f.default})"
@@ -219,10 +199,10 @@ def add_config_args(parser: argparse.ArgumentParser, cls=TrainConfig, with_defau
         if with_defaults:
             kwargs["default"] = f.default
         if kind is bool and meta.get("negatable"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            parser.add_argument(option, action=argparse.BooleanOptionalAction, **kwargs)
             continue
         if kind is bool:
-            parser.add_argument(flag, action="store_true", **kwargs)
+            parser.add_argument(option, action="store_true", **kwargs)
             continue
         args = typing.get_args(kind)
         if typing.get_origin(kind) is tuple:
@@ -232,7 +212,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls=TrainConfig, with_defau
             kwargs.update(type=base, metavar=f.name.upper() if base is not str else None)
         if meta.get("choices"):
             kwargs.update(choices=meta["choices"], metavar=None)
-        parser.add_argument(flag, **kwargs)
+        parser.add_argument(option, **kwargs)
 
 
 def config_from_args(args: argparse.Namespace, cls=TrainConfig):

@@ -13,6 +13,8 @@ from typing import Optional
 
 import torch
 
+from vae.cli import ArgumentError, check_choice
+
 __all__ = [
     "available", "resolve_device", "accumulator_dtype", "autocast", "STEP_MEMORY_FRACTION", "step_memory_bytes",
     "device_memory", "check_step_memory",
@@ -33,12 +35,11 @@ def available(kind: str) -> bool:
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA, then MPS, then CPU; an explicit device must be available."""
+    check_choice("device", name)
     if name == "auto":
         return torch.device("cuda" if available("cuda") else "mps" if available("mps") else "cpu")
-    if name in ("cuda", "mps") and not available(name):
-        raise ValueError(f"--device {name}: {name.upper()} is not available on this machine (try --device cpu)")
-    if name not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"--device must be one of auto, cpu, cuda, mps, got {name!r}")
+    if not available(name):
+        raise ArgumentError("device", f"{name}: {name.upper()} is not available on this machine (try cpu)")
     return torch.device(name)
 
 

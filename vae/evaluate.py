@@ -36,7 +36,8 @@ import torch
 from tqdm.auto import tqdm
 
 from vae.checkpoint import PRETRAINED, PRETRAINED_DIR, CheckpointError, WriteError, load_run, write_text_atomic
-from vae.config import ArgumentParser, check_seed, require_positive
+from vae.cli import ArgumentParser, require_positive
+from vae.config import check_seed
 from vae.data import DataError, evaluation_images, load_split
 from vae.device import accumulator_dtype, resolve_device
 from vae.model import VAE
@@ -145,7 +146,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         check_seed(args.seed)
     except ValueError as err:
-        parser.error(str(err))
+        parser.error(err)
     checkpoint = Path(args.checkpoint) if args.checkpoint else PRETRAINED
     out = Path(args.out) if args.out else result_path(checkpoint, args.split, args.k, args.limit, args.seed)
     if is_shipped(out):
@@ -159,7 +160,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         split = load_split(config.dataset, args.data_dir or config.data_dir, train=args.split == "train",
                            limit=args.limit, device=device)
     except (ValueError, DataError) as err:
-        parser.error(str(err))
+        parser.error(err)
     except CheckpointError as err:
         return parser.fail(err)
     images = evaluation_images(split.images, config.binarize)

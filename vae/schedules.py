@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["LR_SCHEDULES", "BURDA_EPOCHS", "BURDA_STAGES", "burda_stage", "learning_rate", "kl_weight"]
+from vae.cli import check_choice
 
-LR_SCHEDULES = ("constant", "burda", "cosine")
+__all__ = ["BURDA_EPOCHS", "BURDA_STAGES", "burda_stage", "learning_rate", "kl_weight"]
+
 BURDA_STAGES = 8
 BURDA_EPOCHS = sum(3**i for i in range(BURDA_STAGES))  # 3,280
 
@@ -45,14 +46,13 @@ def learning_rate(schedule: str, base_lr: float, step: int, total_steps: int) ->
         base_lr: the peak rate, ``--lr``.
         step: optimizer steps done before this one; total_steps: the run's steps, ``epochs * batches``.
     """
+    check_choice("lr_schedule", schedule)
     if schedule == "constant":
         return base_lr
     fraction = min(max(step / total_steps, 0.0), 1.0)
     if schedule == "burda":
         return base_lr * 10 ** (-burda_stage(fraction) / 7)
-    if schedule == "cosine":
-        return base_lr * 0.5 * (1 + math.cos(math.pi * fraction))
-    raise ValueError(f"unknown learning-rate schedule {schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+    return base_lr * 0.5 * (1 + math.cos(math.pi * fraction))
 
 
 def kl_weight(step: int, warmup_epochs: int, steps_per_epoch: int) -> float:

@@ -43,7 +43,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
-from vae.config import ArgumentParser  # torch-free: a bad flag is answered before torch loads
+from vae.cli import ArgumentParser  # torch-free: a bad flag is answered before torch loads
 
 __all__ = ["PROBLEMS", "CONVERGED", "ToyConfig", "random_covariance", "make_problem", "main"]
 
@@ -275,7 +275,7 @@ def main(argv=None) -> int:
         cfg.validate()
         cfg.out = _png_path(cfg.out, cfg.problem)
     except ValueError as err:
-        parser.error(str(err))
+        parser.error(err)
     import torch
 
     # The toy tensors are tiny: intra-op threads only add synchronization, which on a

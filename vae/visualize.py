@@ -22,7 +22,7 @@ import torch
 from matplotlib.figure import Figure
 
 from vae.checkpoint import PRETRAINED, CheckpointError, WriteError, load_run, write_bytes_atomic
-from vae.config import ArgumentParser
+from vae.cli import ArgumentParser
 from vae.data import DataError, load_split
 from vae.model import VAE
 
@@ -215,7 +215,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         paths = write_run_pictures(args.checkpoint, out, args.data_dir)
     except DataError as err:
-        parser.error(str(err))
+        parser.error(err)
     except (WriteError, CheckpointError) as err:  # a full disk, say: each picture is whole, the old one or the new one
         return parser.fail(err)
     except OSError as err:

@@ -1,0 +1,95 @@
+"""The command lines' kit: one choices registry, one argument error, one parser, one error printer.
+
+Importable without torch, so that every command answers a bad flag before
+torch loads. Library code raises :class:`ArgumentError`, which speaks of the
+*argument* (``latent_dim must be a positive integer, got 0``); a command
+line's :class:`ArgumentParser` prints it under the *flag's* name
+(``--latent-dim must be ...``) with exit code 2. Runtime failures (a broken
+checkpoint, a full disk) go through :meth:`ArgumentParser.fail`: one line,
+exit code 1.
+
+Every list of choices is written once, here:
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+
+__all__ = [
+    "CHOICES", "DATASETS", "FAMILIES", "DIAG_TRANSFORMS", "DEVICES", "OBJECTIVES", "ESTIMATORS", "LR_SCHEDULES",
+    "BINARIZATIONS", "OUTPUT_BIASES", "FIT_OBJECTIVES", "FIT_OPTIMIZERS", "ArgumentError", "check_choice",
+    "flag", "ArgumentParser", "require_positive",
+]
+
+DATASETS = ("mnist", "fashion-mnist")
+FAMILIES = ("full", "diagonal", "lowrank")  # posterior families, vae.model.posteriors
+DIAG_TRANSFORMS = ("softplus", "exp")  # positive maps of a factor's diagonal, vae.cholesky
+DEVICES = ("auto", "cpu", "cuda", "mps")
+OBJECTIVES = ("elbo", "iwae")
+ESTIMATORS = ("reparam", "stl", "dreg")
+LR_SCHEDULES = ("constant", "burda", "cosine")
+BINARIZATIONS = ("dynamic", "none")
+OUTPUT_BIASES = ("mean", "default")
+FIT_OBJECTIVES = ("mse", "nll")  # the covariance learner's, vae.toy
+FIT_OPTIMIZERS = ("auto", "adam", "lbfgs")
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": DATASETS, "posterior": FAMILIES, "family": FAMILIES, "diag_transform": DIAG_TRANSFORMS,
+    "device": DEVICES, "objective": OBJECTIVES, "estimator": ESTIMATORS, "lr_schedule": LR_SCHEDULES,
+    "binarize": BINARIZATIONS, "output_bias": OUTPUT_BIASES,
+}
+"""Argument name -> its choices, for the arguments whose choices are the same wherever they appear."""
+
+
+class ArgumentError(ValueError):
+    """A bad argument value. ``str()`` names the argument; a CLI shows it as ``--flag``.
+
+    Args:
+        argument: the argument's name as the library spells it (``latent_dim``).
+        message: the rest of the sentence (``must be a positive integer, got 0``).
+    """
+
+    def __init__(self, argument: str, message: str):
+        self.argument, self.message = argument, message
+        super().__init__(f"{argument} {message}")
+
+    def as_flag(self) -> str:
+        """The same sentence with the argument as a command-line flag: ``--latent-dim must be ...``."""
+        return f"{flag(self.argument)} {self.message}"
+
+
+def check_choice(argument: str, value: object, choices: typing.Optional[typing.Sequence[str]] = None) -> None:
+    """Raise :class:`ArgumentError` unless ``value`` is one of ``choices`` (default: ``CHOICES[argument]``)."""
+    choices = CHOICES[argument] if choices is None else choices
+    if value not in choices:
+        raise ArgumentError(argument, f"must be one of {', '.join(choices)}, got {value!r}")
+
+
+def flag(argument: str) -> str:
+    """``latent_dim`` -> ``--latent-dim``."""
+    return "--" + argument.replace("_", "-")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are one line on stderr and exit code 2."""
+
+    def error(self, message: typing.Union[str, Exception]) -> typing.NoReturn:
+        """A usage error: one line, exit code 2. An :class:`ArgumentError` is shown with its flag."""
+        text = message.as_flag() if isinstance(message, ArgumentError) else str(message)
+        self.exit(2, f"{self.prog}: error: {text.splitlines()[0] if text else text}\n")
+
+    def fail(self, message: object) -> int:
+        """A runtime failure (a broken checkpoint, a full disk): one line on stderr; returns exit code 1."""
+        lines = str(message).splitlines() or [""]
+        print(f"{self.prog}: error: {lines[0]}", file=sys.stderr)
+        return 1
+
+
+def require_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
+    """Usage error (one line, exit 2) unless each named flag, or each of its values, is at least 1."""
+    for name in names:
+        value = getattr(args, name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(v is not None and v < 1 for v in values):
+            parser.error(ArgumentError(name, f"must be positive, got {value}"))
