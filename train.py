@@ -19,7 +19,7 @@ import sys
 
 from vae.cli import ArgumentParser
 from vae.config import TrainConfig, add_config_args, preset_config
-from vae.runlock import RunFolderBusy, holding
+from vae.run.lock import RunFolderBusy, holding
 
 
 def build_parser(suppress_defaults: bool = False) -> ArgumentParser:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(err)  # one line, exit code 2
 
-    from vae.checkpoint import CheckpointError
+    from vae.run.checkpoint import CheckpointError
     from vae.training import resolve_device, resume_config
 
     try:
@@ -66,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train_and_draw(parser: ArgumentParser, config: TrainConfig) -> int:
     """Run ``train(config)``, then draw the pictures; the exit code."""
-    from vae.checkpoint import CheckpointError, WriteError
     from vae.data import DataError
+    from vae.run.checkpoint import CheckpointError
+    from vae.run.files import WriteError
     from vae.training import NonFiniteLossError, TrainingInterrupted, train
 
     try:

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vae.cli import ArgumentParser, require_positive  # noqa: E402
 from vae.model import VAE  # noqa: E402
-from vae.objectives import training_loss  # noqa: E402
+from vae.model.objectives import training_loss  # noqa: E402
 
 
 def step_seconds(model: VAE, optimizer, x: torch.Tensor, objective: str, k: int, estimator: str, steps: int) -> float:

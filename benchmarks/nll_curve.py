@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vae.cli import ArgumentParser, require_positive  # noqa: E402
 
-from vae.checkpoint import load_run  # noqa: E402
+from vae.run.checkpoint import load_run  # noqa: E402
 from vae.data import evaluation_images, load_split  # noqa: E402
 from vae.evaluate import evaluate_model  # noqa: E402
 

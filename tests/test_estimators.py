@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import vae.objectives as objectives
+import vae.model.objectives as objectives
 from vae.model import VAE
-from vae.objectives import training_loss
+from vae.model.objectives import training_loss
 
 GROUPS, REPS = 40, 200
 

@@ -11,10 +11,11 @@ import torch
 from torch.distributions import MultivariateNormal
 
 from tests.conftest import REPO, run_cli
-from vae.checkpoint import PRETRAINED, PRETRAINED_DIR, SHIPPED_MODELS, load_checkpoint, load_model
+from vae.run.checkpoint import PRETRAINED, PRETRAINED_DIR, SHIPPED_MODELS, load_checkpoint, load_model
 from vae.evaluate import evaluate_model, importance_weighted_bounds
+from vae.model import FullGaussian
 from vae.model import VAE
-from vae.objectives import negative_elbo
+from vae.model.objectives import negative_elbo
 
 D, P, NOISE = 3, 6, 0.5  # latent dim, observed dim, observation noise std
 
@@ -43,7 +44,7 @@ def linear_gaussian(seed: int = 0):
 @pytest.mark.parametrize("k,chunk", [(1, 1), (50, 7), (1000, 1000)])
 def test_exact_posterior_gives_the_closed_form_log_likelihood(k, chunk):
     log_likelihood, loc, scale_tril, log_px = linear_gaussian()
-    elbo, estimate = importance_weighted_bounds(log_likelihood, loc, scale_tril, k, chunk,
+    elbo, estimate = importance_weighted_bounds(log_likelihood, FullGaussian(loc, scale_tril), k, chunk,
                                                 torch.Generator().manual_seed(1))
     # with q equal to the true posterior every weight is p(x): both bounds are exact
     torch.testing.assert_close(estimate, log_px, rtol=0, atol=1e-9)
@@ -56,7 +57,7 @@ def test_a_wrong_posterior_converges_from_below_as_k_grows():
     generator = torch.Generator().manual_seed(2)
 
     def mean_gap(k: int, repeats: int) -> tuple[float, float]:
-        runs = [importance_weighted_bounds(log_likelihood, loc, wide, k, 500, generator) for _ in range(repeats)]
+        runs = [importance_weighted_bounds(log_likelihood, FullGaussian(loc, wide), k, 500, generator) for _ in range(repeats)]
         elbo = torch.stack([r[0] for r in runs]).mean(0)
         estimate = torch.stack([r[1] for r in runs]).mean(0)
         return (log_px - elbo).mean().item(), (log_px - estimate).mean().item()
@@ -106,7 +107,7 @@ def test_cli_writes_json_beside_the_checkpoint(fake_mnist, tmp_path):
 
 
 def test_exported_model_is_slim_and_loads(fake_mnist, tmp_path):
-    from vae.checkpoint import export_model, load_checkpoint, load_model
+    from vae.run.checkpoint import export_model, load_checkpoint, load_model
 
     args = ["train.py", "--data-dir", str(fake_mnist), "--out-dir", str(tmp_path), "--run-name", "r",
             "--latent-dim", "2", "--hidden", "16", "--epochs", "1", "--no-plots", "--no-progress", "--device", "cpu"]
@@ -165,7 +166,7 @@ def shipped_files() -> dict[str, bytes]:
 
 
 def test_no_command_writes_into_the_shipped_folder(fake_mnist, tmp_path):
-    from vae.checkpoint import PRETRAINED
+    from vae.run.checkpoint import PRETRAINED
     from vae.evaluate import SHIPPED
 
     before = shipped_files()

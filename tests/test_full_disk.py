@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import write_fake_mnist
 from tests.test_reliability import assert_one_line_error, quiet, run_many, tiny_config, train_args
-from vae.checkpoint import load_checkpoint
+from vae.run.checkpoint import load_checkpoint
 from vae.training import train
 
 PNG = b"\x89PNG\r\n\x1a\n"

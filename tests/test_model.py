@@ -8,8 +8,8 @@ import torch
 from torch.distributions import Bernoulli, MultivariateNormal, kl_divergence
 
 from vae.cholesky import entries_to_scale_tril, tril_size
-from vae.model import VAE
-from vae.objectives import kl_standard_normal, log_importance_weights, negative_elbo, negative_iwae
+from vae.model import VAE, FullGaussian
+from vae.model.objectives import log_importance_weights, negative_elbo, negative_iwae
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def test_closed_form_kl_matches_torch_distributions():
     scale_tril = entries_to_scale_tril(torch.randn(6, tril_size(4), dtype=torch.float64))
     prior = MultivariateNormal(torch.zeros(4, dtype=torch.float64), scale_tril=torch.eye(4, dtype=torch.float64))
     expected = kl_divergence(MultivariateNormal(loc, scale_tril=scale_tril), prior)
-    torch.testing.assert_close(kl_standard_normal(loc, scale_tril), expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(FullGaussian(loc, scale_tril).kl_standard_normal(), expected, rtol=1e-10, atol=1e-10)
 
 
 def test_closed_form_kl_matches_a_monte_carlo_estimate():
@@ -90,7 +90,7 @@ def test_closed_form_kl_matches_a_monte_carlo_estimate():
     prior = MultivariateNormal(torch.zeros(3, dtype=torch.float64), scale_tril=torch.eye(3, dtype=torch.float64))
     samples = q.log_prob(z) - prior.log_prob(z)
     stderr = samples.std() / math.sqrt(len(z))
-    assert abs(samples.mean() - kl_standard_normal(loc, scale_tril)[0]) < 4 * stderr
+    assert abs(samples.mean() - FullGaussian(loc, scale_tril).kl_standard_normal()[0]) < 4 * stderr
 
 
 def test_importance_weights_match_torch_distributions(model):
@@ -99,7 +99,7 @@ def test_importance_weights_match_torch_distributions(model):
     log_w = log_importance_weights(model, x, k=4)  # (5, 4)
     torch.manual_seed(3)
     posterior, logits = model(x, k=4)
-    q = MultivariateNormal(posterior.loc.unsqueeze(1), scale_tril=posterior.scale_tril.unsqueeze(1))
+    q = MultivariateNormal(posterior.q.loc.unsqueeze(1), scale_tril=posterior.q.scale_tril.unsqueeze(1))
     prior = MultivariateNormal(torch.zeros(5, dtype=torch.float64), scale_tril=torch.eye(5, dtype=torch.float64))
     expected = (Bernoulli(logits=logits).log_prob(x.unsqueeze(1)).sum(-1)
                 + prior.log_prob(posterior.z) - q.log_prob(posterior.z))
@@ -113,7 +113,7 @@ def test_iwae_with_one_sample_is_the_elbo(model):
     torch.manual_seed(4)
     posterior, logits = model(x, k=1)
     # same draw: recon + the Monte-Carlo KL log q - log p
-    log_qz = MultivariateNormal(posterior.loc, scale_tril=posterior.scale_tril).log_prob(posterior.z[:, 0])
+    log_qz = MultivariateNormal(posterior.q.loc, scale_tril=posterior.q.scale_tril).log_prob(posterior.z[:, 0])
     log_pz = MultivariateNormal(torch.zeros(5, dtype=torch.float64),
                                 scale_tril=torch.eye(5, dtype=torch.float64)).log_prob(posterior.z[:, 0])
     recon = -Bernoulli(logits=logits[:, 0]).log_prob(x).sum(-1)
@@ -135,7 +135,7 @@ def test_samples_have_covariance_scale_tril_times_its_transpose():
     torch.manual_seed(6)
     loc = torch.tensor([[1.0, -2.0, 0.5]], dtype=torch.float64)
     scale_tril = torch.tensor([[[1.0, 0, 0], [0.8, 0.5, 0], [-0.3, 1.2, 0.7]]], dtype=torch.float64)
-    _, z = VAE.reparameterize(loc, scale_tril, k=200_000)  # (1, K, 3)
+    _, z = FullGaussian(loc, scale_tril).rsample(k=200_000)  # (1, K, 3)
     torch.testing.assert_close(z[0].mean(0), loc[0], atol=0.02, rtol=0)
     torch.testing.assert_close(torch.cov(z[0].T), scale_tril[0] @ scale_tril[0].T, atol=0.03, rtol=0)
 
@@ -153,7 +153,7 @@ def test_covariance_maths_stays_float32_under_autocast():
     model = VAE(latent_dim=3, hidden=(16,))
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
         posterior, logits = model(torch.rand(4, 784), k=2)
-    assert posterior.scale_tril.dtype == posterior.loc.dtype == posterior.z.dtype == torch.float32
+    assert posterior.q.scale_tril.dtype == posterior.q.loc.dtype == posterior.z.dtype == torch.float32
     assert logits.dtype == torch.bfloat16  # the MLP itself did run in reduced precision
 
 
@@ -192,7 +192,7 @@ def test_loading_onto_cuda_without_cuda_says_so(tmp_path):
     import dataclasses
 
     import vae
-    from vae.checkpoint import save_checkpoint
+    from vae.run.checkpoint import save_checkpoint
     from vae.config import TrainConfig
 
     config = TrainConfig(latent_dim=2, hidden=(8,))

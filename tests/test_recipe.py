@@ -11,10 +11,10 @@ import torch
 
 from tests.conftest import run_cli
 from tests.test_training import read_metrics, tiny_config
-from vae.checkpoint import load_checkpoint
+from vae.run.checkpoint import load_checkpoint
 from vae.config import PRESETS, TrainConfig, preset_config
 from vae.model import VAE
-from vae.objectives import bernoulli_log_likelihood, log_weights, negative_elbo, training_loss
+from vae.model.objectives import log_weights, negative_elbo, training_loss
 from vae.schedules import BURDA_EPOCHS, kl_weight, learning_rate
 from vae.training import TrainingInterrupted, make_optimizer, resume_config, train
 
@@ -68,13 +68,13 @@ def test_beta_scales_only_the_differentiated_loss():
         surrogate, bound = training_loss(model, x, "iwae", 4, estimator, beta=0.0)
         torch.manual_seed(2)
         posterior, logits = model(x, 4)
-        log_px_z = bernoulli_log_likelihood(logits, x)  # (5, 4); at beta = 0 the weights are p(x|z) alone
+        log_px_z = model.likelihood.log_prob(logits, x)  # (5, 4); at beta = 0 the weights are p(x|z) alone
         torch.testing.assert_close(surrogate, math.log(4) - torch.logsumexp(log_px_z, 1))
         torch.testing.assert_close(bound.loss, negative_iwae_from(log_px_z, posterior))
 
 
 def negative_iwae_from(log_px_z, posterior):
-    log_w = log_weights(log_px_z, posterior.z, posterior.eps, posterior.scale_tril)
+    log_w = log_weights(log_px_z, posterior)
     return math.log(log_w.shape[1]) - torch.logsumexp(log_w, 1)
 
 

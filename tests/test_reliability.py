@@ -1,7 +1,7 @@
 """Reliability and security: kills, signals, NaNs, unsafe or broken files, bad input, determinism.
 
 Faults are injected into real ``python train.py`` processes on a tiny IDX
-MNIST, some with the test hooks of :mod:`vae.faults` (a slowed checkpoint
+MNIST, some with the test hooks of :mod:`vae.run.faults` (a slowed checkpoint
 write to kill into; a NaN, Inf or signal at an exact step). Waits poll for
 printed lines and files, never sleep a fixed time, and have generous
 timeouts. Timing columns of ``metrics.csv`` (``images_per_s``,
@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 import vae
 from tests.conftest import REPO, run_cli, write_fake_mnist
-from vae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from vae.run.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from vae.cholesky import DIAG_FLOOR, logdet_covariance
 from vae.config import TrainConfig
 from vae.model import VAE

@@ -16,8 +16,8 @@ from tests.conftest import run_cli, write_fake_mnist
 from tests.test_reliability import (
     TIMEOUT, Trainer, assert_one_line_error, quiet, run_many, temporaries, tiny_config, train_args,
 )
-from vae.checkpoint import load_checkpoint
-from vae.runlock import LOCK_NAME, RunFolderBusy, RunLock, holding, lock_run_folder
+from vae.run.checkpoint import load_checkpoint
+from vae.run.lock import LOCK_NAME, RunFolderBusy, RunLock, holding, lock_run_folder
 from vae.training import train
 
 
@@ -82,7 +82,7 @@ def test_the_lock_is_held_until_the_outermost_holding_block_ends(tmp_path):
 
 
 def test_a_checkpoint_whose_stored_run_name_is_a_path_still_loads(data, tmp_path):
-    from vae.checkpoint import load_model, save_checkpoint
+    from vae.run.checkpoint import load_model, save_checkpoint
 
     state = load_checkpoint(train(tiny_config(data, tmp_path, epochs=1), log=quiet) / "last.pt")
     state["config"]["run_name"] = "../escaped"  # as trained before run names were checked
@@ -94,7 +94,7 @@ def test_a_checkpoint_whose_stored_run_name_is_a_path_still_loads(data, tmp_path
 
 
 def test_cleanup_removes_only_the_temporaries_of_atomic_writes(tmp_path):
-    from vae.checkpoint import remove_stale_temporaries, write_text_atomic
+    from vae.run.files import remove_stale_temporaries, write_text_atomic
 
     write_text_atomic(tmp_path / "config.json", "{}\n")
     ours = [tmp_path / ".fullcov-last.pt.k2j_9x0a.tmp", tmp_path / ".fullcov-metrics.csv.0123abcd.tmp"]
@@ -116,7 +116,7 @@ def stored_config(run_dir: Path) -> dict:
 
 def test_resume_never_cuts_a_run_short_and_may_name_the_device_it_ran_on(data, tmp_path):
     from vae.config import TrainConfig
-    from vae.runstate import resume_config
+    from vae.run.state import resume_config
 
     done = train(tiny_config(data, tmp_path, run_name="done"), log=quiet)  # 3 epochs
     auto = train(tiny_config(data, tmp_path, run_name="auto", device="auto", epochs=1), log=quiet)  # auto: the CPU here
@@ -139,7 +139,7 @@ def test_resume_never_cuts_a_run_short_and_may_name_the_device_it_ran_on(data, t
 
 
 def test_resume_refuses_a_stop_in_mid_epoch_cut_short_and_another_device(data, tmp_path, monkeypatch):
-    from vae.checkpoint import save_checkpoint
+    from vae.run.checkpoint import save_checkpoint
     from vae.training import TrainingInterrupted
 
     monkeypatch.setenv("VAE_TEST_FAULT_AT_STEP", "8=SIGINT")  # batch 2 of epoch 2 (6 steps an epoch)

@@ -10,7 +10,7 @@ import torch
 
 import vae
 from tests.conftest import run_cli
-from vae.checkpoint import load_checkpoint
+from vae.run.checkpoint import load_checkpoint
 from vae.config import TrainConfig
 from vae.data import DataError, load_split
 from vae.training import METRIC_COLUMNS, resume_config, train
@@ -196,7 +196,7 @@ def test_a_training_step_too_large_for_the_memory_is_refused_before_the_data(tmp
 def test_the_memory_limit_is_a_quarter_of_the_device_and_names_the_batch_that_fits():
     import re
 
-    from vae.device import STEP_MEMORY_FRACTION, check_step_memory, step_memory_bytes
+    from vae.devices import STEP_MEMORY_FRACTION, check_step_memory, step_memory_bytes
 
     cpu, gib = torch.device("cpu"), 2**30
     issue = TrainConfig(objective="iwae", k=5000)  # batch 128, hidden 400: the issue measured 7.8 GB

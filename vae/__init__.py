@@ -9,7 +9,7 @@ __all__ = ["load_model"]
 
 def __getattr__(name: str):
     if name == "load_model":
-        from vae.checkpoint import load_model
+        from vae.run.checkpoint import load_model
 
         return load_model
     raise AttributeError(f"module 'vae' has no attribute {name!r}")

@@ -17,7 +17,7 @@ at :data:`EXP_MAX` so that the factor stays finite in float32.
 
 Every function here runs in at least float32, whatever the input dtype or an
 enclosing autocast region, and none forms an inverse. Both the VAE's encoder
-and the toy :class:`~vae.covariance.CovarianceLearner` use this module.
+and the toy covariance learner (:mod:`vae.toy`) use this module.
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ __all__ = [
     "at_least_float32",
     "DIAG_FLOOR",
     "EXP_MAX",
+    "positive",
     "tril_size",
     "dim_from_tril_size",
     "entries_to_scale_tril",
@@ -84,7 +85,11 @@ def _tril_layout(dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Te
     return rows * dim + cols, rows == cols  # (n,), (n,)
 
 
-def _positive(u: torch.Tensor, diag_transform: str) -> torch.Tensor:
+def positive(u: torch.Tensor, diag_transform: str = "softplus") -> torch.Tensor:
+    """The positive map of a factor's diagonal, ``softplus(u) + floor`` or ``exp(u) + floor``, elementwise.
+
+    The posterior families' scales (:mod:`vae.model.posteriors`) go through it too. No dtype change.
+    """
     if diag_transform == "softplus":
         return F.softplus(u) + DIAG_FLOOR
     return torch.exp(u.clamp(max=EXP_MAX)) + DIAG_FLOOR
@@ -120,7 +125,7 @@ def entries_to_scale_tril(
     raw = at_least_float32(raw)
     flat_index, diag_mask = _tril_layout(dim, raw.device)
     off_diagonal = raw if offdiag_scale == 1.0 else raw * offdiag_scale
-    values = torch.where(diag_mask, _positive(raw, diag_transform), off_diagonal)  # (..., n)
+    values = torch.where(diag_mask, positive(raw, diag_transform), off_diagonal)  # (..., n)
     flat = raw.new_zeros(*raw.shape[:-1], dim * dim)  # (..., D*D)
     flat = flat.index_copy(-1, flat_index, values)
     return flat.view(*raw.shape[:-1], dim, dim)  # (..., D, D)
@@ -132,7 +137,7 @@ def diag_entries_to_scale_tril(raw: torch.Tensor, diag_transform: str = "softplu
     The same positive map as :func:`entries_to_scale_tril`, for a diagonal posterior.
     """
     _check_transform(diag_transform)
-    return torch.diag_embed(_positive(at_least_float32(raw), diag_transform))
+    return torch.diag_embed(positive(at_least_float32(raw), diag_transform))
 
 
 def scale_tril_to_entries(

@@ -2,8 +2,8 @@ r"""Test log-likelihood by importance sampling (Burda et al. 2016), with the ELB
 
     python -m vae.evaluate [CKPT] [--k 5000] [--split test] [--batch-size 20] [--seed 0]
 
-For each image, ``K`` draws :math:`z_k = m + L\epsilon_k` from the
-full-covariance posterior give log-weights
+For each image, ``K`` draws :math:`z_k` from the encoder's posterior (any
+family) give log-weights
 :math:`\log w_k = \log p(x|z_k) + \log p(z_k) - \log q(z_k|x)`, and
 
 .. math::
@@ -35,13 +35,14 @@ from typing import Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
-from vae.checkpoint import PRETRAINED, PRETRAINED_DIR, CheckpointError, WriteError, load_run, write_text_atomic
-from vae.cli import ArgumentParser, require_positive
+from vae.cli import DEVICES, ArgumentParser, require_positive
 from vae.config import check_seed
 from vae.data import DataError, evaluation_images, load_split
-from vae.device import accumulator_dtype, resolve_device
-from vae.model import VAE
-from vae.objectives import bernoulli_log_likelihood, log_weights
+from vae.devices import accumulator_dtype, resolve_device
+from vae.model import VAE, Draw, GaussianPosterior
+from vae.model.objectives import log_weights
+from vae.run.checkpoint import PRETRAINED, PRETRAINED_DIR, CheckpointError, load_run
+from vae.run.files import WriteError, write_text_atomic
 
 __all__ = ["SHIPPED", "is_shipped", "result_path", "portable_path", "importance_weighted_bounds", "evaluate_model",
            "main"]
@@ -75,14 +76,14 @@ def portable_path(path: Path) -> str:
 
 
 def importance_weighted_bounds(
-    log_likelihood: Callable[[torch.Tensor], torch.Tensor], loc: torch.Tensor, scale_tril: torch.Tensor,
+    log_likelihood: Callable[[torch.Tensor], torch.Tensor], q: GaussianPosterior,
     k: int, chunk: int, generator: Optional[torch.Generator] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """ELBO and importance-weighted estimates of log p(x), streamed over sample chunks.
 
     Args:
         log_likelihood: maps latents ``(N, C, D)`` to log p(x|z) ``(N, C)``.
-        loc: posterior means ``(N, D)``; scale_tril: their factors ``(N, D, D)``.
+        q: the posteriors of N images (any family, :mod:`vae.model.posteriors`).
         k: samples per image; chunk: samples drawn per pass.
         generator: source of the posterior noise.
 
@@ -90,11 +91,11 @@ def importance_weighted_bounds(
         ``elbo`` and ``log_px``, each ``(N,)``: the mean log-weight and
         ``logsumexp_k log w_k - log k``.
     """
-    running_lse = torch.full(loc.shape[:1], -math.inf, device=loc.device, dtype=loc.dtype)  # (N,)
+    running_lse = torch.full(q.loc.shape[:1], -math.inf, device=q.loc.device, dtype=q.loc.dtype)  # (N,)
     running_sum = torch.zeros_like(running_lse)
     for start in range(0, k, chunk):
-        eps, z = VAE.reparameterize(loc, scale_tril, min(chunk, k - start), generator)  # (N, C, D)
-        log_w = log_weights(log_likelihood(z), z, eps, scale_tril)  # (N, C)
+        eps, z = q.rsample(min(chunk, k - start), generator)  # (N, C, E), (N, C, D)
+        log_w = log_weights(log_likelihood(z), Draw(q, eps, z))  # (N, C)
         running_lse = torch.logaddexp(running_lse, torch.logsumexp(log_w, dim=1))
         running_sum += log_w.sum(1)
     return running_sum / k, running_lse - math.log(k)
@@ -117,9 +118,8 @@ def evaluate_model(
     sums = torch.zeros(2, dtype=accumulator_dtype(images.device), device=images.device)  # -elbo, nll
     with tqdm(total=len(images), desc=f"K={k}", unit="img", disable=not progress, dynamic_ncols=True) as bar:
         for x in images.split(batch_size):
-            loc, scale_tril = model.encode(x)
-            log_lik = lambda z: bernoulli_log_likelihood(model.decode(z), x)  # noqa: E731
-            elbo, log_px = importance_weighted_bounds(log_lik, loc, scale_tril, k, chunk, generator)
+            log_lik = lambda z: model.likelihood.log_prob(model.decode(z), x)  # noqa: E731
+            elbo, log_px = importance_weighted_bounds(log_lik, model.q(x), k, chunk, generator)
             sums -= torch.stack([elbo.sum(), log_px.sum()]).to(sums.dtype)
             bar.update(len(x))
     neg_elbo, nll = (sums / len(images)).tolist()
@@ -137,7 +137,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the posterior noise (default: 0)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--data-dir", default=None, help="dataset root (default: the run's, else $VAE_DATA_DIR)")
-    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--device", default="cpu", choices=DEVICES)
     parser.add_argument("--out", default=None, help="JSON path (default: eval-<split>-k<K>[-limit<N>].json beside the "
                         "checkpoint; for a shipped one, <stem>-eval-...json in the current folder)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")

@@ -207,7 +207,7 @@ def _plot(cfg: ToyConfig, x, history, optimum: float, fits) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from vae.visualize import save_figure
+    from vae.run.files import save_figure
 
     fig = Figure(figsize=(11, 4.6))
     FigureCanvasAgg(fig)  # the Agg backend, without touching pyplot's global state
@@ -285,7 +285,7 @@ def main(argv=None) -> int:
         torch.empty(0, device=cfg.device)
     except (RuntimeError, AssertionError) as err:
         parser.error(f"--device {cfg.device!r} is not usable: {err}")
-    from vae.checkpoint import WriteError
+    from vae.run.files import WriteError
 
     try:
         run(cfg)

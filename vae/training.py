@@ -4,8 +4,8 @@ A run lives in ``<out_dir>/<run_name>/``: ``config.json``, ``metrics.csv``,
 ``last.pt`` (every epoch), ``best.pt`` (lowest test -ELBO) and the pictures.
 ``resume`` continues from ``last.pt`` and, on the same device and seed, ends
 exactly where an uninterrupted run would, even after a stop in mid-epoch
-(see :mod:`vae.runstate`). SIGINT and SIGTERM stop the run after the current
-step (see :mod:`vae.interrupt`); a NaN or Inf loss stops it before anything
+(see :mod:`vae.run.state`). SIGINT and SIGTERM stop the run after the current
+step (see :mod:`vae.run.signals`); a NaN or Inf loss stops it before anything
 is saved.
 """
 from __future__ import annotations
@@ -19,19 +19,18 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-from vae.checkpoint import (
-    build_model, load_checkpoint, load_initial_weights, load_weights, remove_stale_temporaries, save_checkpoint,
-)
+from vae.run.checkpoint import build_model, load_checkpoint, load_initial_weights, load_weights, save_checkpoint
+from vae.run.files import remove_stale_temporaries
 from vae.config import TrainConfig
 from vae.data import ImageSplit, batch_indices, binarize, evaluation_images, load_split
-from vae.device import accumulator_dtype, autocast, check_step_memory, resolve_device
-from vae.faults import StepFault
-from vae.interrupt import GracefulStop, TrainingInterrupted
+from vae.devices import accumulator_dtype, autocast, check_step_memory, resolve_device
+from vae.run.faults import StepFault
+from vae.run.signals import GracefulStop, TrainingInterrupted
 from vae.model import VAE
-from vae.objectives import negative_elbo, training_loss
-from vae.runlock import holding, lock_run_folder
+from vae.model.objectives import negative_elbo, training_loss
+from vae.run.lock import holding, lock_run_folder
 from vae.schedules import kl_weight, learning_rate
-from vae.runstate import (
+from vae.run.state import (
     METRIC_COLUMNS, EpochResult, RunProgress, check_resume, checked_last, checkpoint_state, repair_run_folder, restore_run,
     resume_config, write_config, write_metrics,
 )
@@ -153,7 +152,7 @@ def train_epoch(
         with torch.no_grad():  # kept on the device: no host sync inside the step
             window.append(torch.stack([bound.loss.sum(), bound.recon.sum(), bound.kl.sum(), loss.detach()]))
         seen, done = seen + rows.numel(), i + 1
-        fault.after_step(step + done)  # test hook, see vae.faults
+        fault.after_step(step + done)  # test hook, see vae.run.faults
         stopping = stop is not None and stop.signum is not None and done < len(batches)
         if done % PROGRESS_EVERY == 0 or done == len(batches) or stopping:
             steps = torch.stack(window).to(sums.dtype)  # (W, 4): the bound at beta = 1, recon, KL, the surrogate
@@ -182,15 +181,15 @@ def train_epoch(
 def train(config: TrainConfig, log=print) -> Path:
     """Train (or resume) the run ``config`` describes and return its folder.
 
-    The run folder is locked (:mod:`vae.runlock`) from before the first write
-    until this returns, or until the end of an enclosing ``vae.runlock.holding()``.
+    The run folder is locked (:mod:`vae.run.lock`) from before the first write
+    until this returns, or until the end of an enclosing ``vae.run.lock.holding()``.
 
     Raises:
         ValueError: an impossible configuration, an output folder that cannot be
             written, or a run folder that resume cannot use.
-        vae.runlock.RunFolderBusy: another process is training in the run folder.
+        vae.run.lock.RunFolderBusy: another process is training in the run folder.
         vae.data.DataError: the dataset cannot be loaded.
-        vae.checkpoint.CheckpointError: ``last.pt`` cannot be resumed from.
+        vae.run.checkpoint.CheckpointError: ``last.pt`` cannot be resumed from.
         NonFiniteLossError: the loss diverged; nothing was saved for that epoch.
         TrainingInterrupted: SIGINT or SIGTERM; ``last.pt`` holds the state after the last step.
     """
@@ -226,7 +225,7 @@ def _train(config: TrainConfig, log) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ValueError(f"--out-dir {config.out_dir}: cannot create the run folder {run_dir} ({err.strerror})") from None
-    lock_run_folder(run_dir)  # one writer per run folder, until train() returns (vae.runlock)
+    lock_run_folder(run_dir)  # one writer per run folder, until train() returns (vae.run.lock)
     checked_last(config, run_dir)  # again, now under the lock: another writer may have saved a run meanwhile
     remove_stale_temporaries(run_dir)  # left by a killed writer; the files they were to replace are intact
     progress = RunProgress()
@@ -246,7 +245,7 @@ def _train(config: TrainConfig, log) -> Path:
 
     def save(path: Path) -> None:
         save_checkpoint(checkpoint_state(model, optimizer, config, progress, device, data_gen), path)
-        if path == last:  # config.json says what last.pt says (see vae.runstate)
+        if path == last:  # config.json says what last.pt says (see vae.run.state)
             write_config(run_dir, dataclasses.asdict(config))
 
     with GracefulStop() as stop:
@@ -269,7 +268,7 @@ def _train(config: TrainConfig, log) -> Path:
             test = evaluate(model, test_x, config.eval_batch_size, config.amp)
             row = _epoch_row(epoch, progress.step, result, len(train_data), test)
             improved = progress.complete(row)
-            save(last)  # last.pt, best.pt, metrics.csv: in this order (see vae.runstate)
+            save(last)  # last.pt, best.pt, metrics.csv: in this order (see vae.run.state)
             if improved:
                 save(run_dir / "best.pt")
             write_metrics(run_dir / "metrics.csv", progress.metrics)

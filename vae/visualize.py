@@ -7,12 +7,11 @@ Writes ``reconstructions.png``, ``samples.png``, ``latent.png``,
 ``ellipses.png``: the 1σ posterior ellipses of test images, tilted where the
 full covariance captures correlation. Figures are drawn with matplotlib's
 object API (no pyplot, no GUI backend). Each PNG is rendered in memory and
-written atomically (:func:`save_figure`): a full disk gets one line and exit
+written atomically (:func:`vae.run.files.save_figure`): a full disk gets one line and exit
 code 1, and every picture is whole, the old one or the new one.
 """
 from __future__ import annotations
 
-import io
 import math
 import sys
 from pathlib import Path
@@ -21,14 +20,15 @@ from typing import Optional, Sequence
 import torch
 from matplotlib.figure import Figure
 
-from vae.checkpoint import PRETRAINED, CheckpointError, WriteError, load_run, write_bytes_atomic
 from vae.cli import ArgumentParser
 from vae.data import DataError, load_split
 from vae.model import VAE
+from vae.run.checkpoint import PRETRAINED, CheckpointError, load_run
+from vae.run.files import WriteError, save_figure
 
 __all__ = [
     "image_grid", "reconstructions_figure", "samples_figure", "latent_figure",
-    "manifold_figure", "ellipses_figure", "curves_figure", "save_figure", "write_run_pictures", "main",
+    "manifold_figure", "ellipses_figure", "curves_figure", "write_run_pictures", "main",
 ]
 
 CMAP = "tab10"
@@ -54,7 +54,7 @@ def reconstructions_figure(model: VAE, images: torch.Tensor, n: int = 16) -> Fig
     """Test images ``(N, 784)`` (two rows) above their reconstructions from the posterior mean."""
     x = images[: 2 * (n // 2)]
     loc, _ = model.encode(x)
-    recon = torch.sigmoid(model.decode(loc).float())
+    recon = model.likelihood.mean(model.decode(loc))
     picture = image_grid(torch.cat([x, recon]), rows=4)
     return _show(Figure(figsize=(n / 2.2, 4.6)), picture, "test images (top) and reconstructions (bottom)")
 
@@ -99,7 +99,7 @@ def manifold_figure(model: VAE, n: int = 20) -> Figure:
     device = next(model.parameters()).device
     q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n)).to(device)
     grid = torch.stack(torch.meshgrid(q, q.flip(0), indexing="xy"), -1).reshape(-1, 2)  # (n*n, 2)
-    picture = image_grid(torch.sigmoid(model.decode(grid).float()), rows=n)
+    picture = image_grid(model.likelihood.mean(model.decode(grid)), rows=n)
     return _show(Figure(figsize=(8, 8.4)), picture, "decoded manifold over prior quantiles")
 
 
@@ -165,18 +165,6 @@ def curves_figure(metrics: Sequence[dict]) -> Figure:
     return fig
 
 
-def save_figure(fig: Figure, path: str | Path, **savefig_kwargs) -> Path:
-    """Render ``fig`` as a PNG in memory, then write it to ``path`` atomically; return the path.
-
-    Raises:
-        vae.checkpoint.WriteError: it could not be written (a full disk, say); an older file there is intact.
-    """
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", **savefig_kwargs)
-    write_bytes_atomic(path, buffer.getvalue())
-    return Path(path)
-
-
 def write_run_pictures(
     checkpoint: str | Path, out_dir: str | Path, data_dir: Optional[str] = None, device: str = "cpu",
 ) -> list[Path]:
@@ -185,7 +173,7 @@ def write_run_pictures(
     Raises:
         CheckpointError: the checkpoint cannot be loaded.
         vae.data.DataError: the test set cannot be loaded.
-        vae.checkpoint.WriteError: a picture could not be written; those before it were.
+        vae.run.files.WriteError: a picture could not be written; those before it were.
     """
     model, config, state = load_run(checkpoint, map_location=device)
     test = load_split(config.dataset, data_dir or config.data_dir, train=False, device=device)

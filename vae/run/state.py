@@ -27,7 +27,8 @@ from typing import Any, NamedTuple, Optional
 
 import torch
 
-from vae.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint, write_text_atomic
+from vae.run.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from vae.run.files import write_text_atomic
 from vae.config import TrainConfig, config_from_dict
 
 __all__ = [
@@ -65,7 +66,7 @@ class EpochResult(NamedTuple):
     kl_weight: float = 1.0
 
     def partial(self, epoch: int) -> dict:
-        """The interrupted epoch, as stored in a checkpoint (see :class:`vae.runstate.RunProgress`)."""
+        """The interrupted epoch, as stored in a checkpoint (see :class:`vae.run.state.RunProgress`)."""
         return {"epoch": epoch, "batch": self.batch, "data_rng": self.data_rng,
                 "sums": self.sums.cpu(), "seconds": self.seconds}
 
@@ -108,7 +109,7 @@ def resume_config(config: TrainConfig, explicit: set[str]) -> TrainConfig:
     Raises:
         ValueError: no run to resume, a flag that contradicts the stored run, or
             ``--epochs`` below the epochs it already has.
-        vae.checkpoint.CheckpointError: ``last.pt`` is not a loadable checkpoint.
+        vae.run.checkpoint.CheckpointError: ``last.pt`` is not a loadable checkpoint.
     """
     last = Path(config.out_dir) / config.name / "last.pt"
     if not last.is_file():
@@ -214,7 +215,7 @@ def checkpoint_state(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
     progress: RunProgress, device: torch.device, data_gen: torch.Generator,
 ) -> dict[str, Any]:
-    """The dict :func:`vae.checkpoint.save_checkpoint` writes: plain data and tensors only."""
+    """The dict :func:`vae.run.checkpoint.save_checkpoint` writes: plain data and tensors only."""
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "config": dataclasses.asdict(config), "epoch": progress.epoch, "step": progress.step,
             "rng": rng_state(device, data_gen), "metrics": progress.metrics,
@@ -228,7 +229,7 @@ def restore_run(
     """Load a checkpoint read on the CPU into the model, optimizer and generators.
 
     Raises:
-        vae.checkpoint.CheckpointError: the checkpoint lacks the training state or does not fit.
+        vae.run.checkpoint.CheckpointError: the checkpoint lacks the training state or does not fit.
     """
     missing = [key for key in RESUME_KEYS if key not in state]
     if missing:

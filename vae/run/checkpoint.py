@@ -1,49 +1,38 @@
-"""Checkpoints: one dict with model, optimizer, config, epoch, RNG states and metrics.
+"""Checkpoints: one dict with model, optimizer, config, epoch, RNG states and metrics; the shipped models.
 
-Writes are atomic (a temporary file in the same folder, fsynced, then
-``os.replace``d), so a crash never leaves a half-written checkpoint, only
-perhaps a stale ``.fullcov-<name>.<random>.tmp`` that
-:func:`remove_stale_temporaries` clears; no other file is ever deleted.
-:func:`write_bytes_atomic` is the project's one writer of output files: what
-it writes is serialized in memory first, so a full disk is a
-:class:`WriteError` naming the file, and the file it was to replace is
-intact. Reads use ``torch.load(weights_only=True)``: a checkpoint is data,
-and a file whose pickle would run code is refused before anything runs.
+Writes go through :mod:`vae.run.files` (atomic). Reads use
+``torch.load(weights_only=True)``: a checkpoint is data, and a file whose
+pickle would run code is refused before anything runs.
 """
 from __future__ import annotations
 
 import dataclasses
 import io
-import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vae.config import TrainConfig, config_from_dict
-from vae.device import available
-from vae.faults import disk_full, pause_before_replace
+from vae.devices import available
 from vae.model import VAE
+from vae.run.files import write_bytes_atomic
 
 __all__ = [
-    "CheckpointError", "FORMAT", "TEMP_PREFIX", "WriteError", "write_bytes_atomic", "save_checkpoint",
-    "write_text_atomic", "remove_stale_temporaries",
-    "load_checkpoint", "MODEL_FIELDS", "build_model", "load_weights", "load_initial_weights", "load_run", "load_model",
-    "PRETRAINED_DIR", "SHIPPED_MODELS", "PRETRAINED", "export_model",
+    "CheckpointError", "FORMAT", "save_checkpoint", "load_checkpoint", "MODEL_FIELDS", "model_fields", "build_model", "load_weights",
+    "load_initial_weights", "load_run", "load_model", "PRETRAINED_DIR", "SHIPPED_MODELS", "PRETRAINED",
+    "export_model",
 ]
 
 FORMAT = "fullcov-vae/1"
-PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "pretrained"
+PRETRAINED_DIR = Path(__file__).resolve().parents[2] / "checkpoints" / "pretrained"
 """The shipped models' folder (in a source checkout); no command writes into it."""
 SHIPPED_MODELS = ("vae-full.pt", "vae-diagonal.pt", "iwae-full.pt")
 """The shipped MNIST models; ``<stem>-metrics.csv`` and ``<stem>-eval-test-k5000.json`` lie beside each."""
 PRETRAINED = PRETRAINED_DIR / "vae-full.pt"
 """The shipped model with the lowest test NLL (K = 5000): the default of ``vae.evaluate`` and ``vae.visualize``."""
-TEMP_PREFIX = ".fullcov-"  # the temporaries of atomic writes: .fullcov-<name>.<8 random characters>.tmp
-_TEMPORARY = re.compile(re.escape(TEMP_PREFIX) + r".+\.[a-z0-9_]{8}\.tmp")  # mkstemp's random part
 REQUIRED_KEYS = ("format", "model", "config", "epoch", "metrics")
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
@@ -52,91 +41,11 @@ class CheckpointError(Exception):
     """A file that is not a usable checkpoint of this project; the message says why."""
 
 
-class WriteError(OSError):
-    """An output file could not be written (a full disk, say); the file it was to replace is intact.
-
-    ``str()`` is one line naming the path, e.g. ``cannot write runs/r/last.pt: no space left on device``.
-    """
-
-    def __init__(self, path: Path, err: OSError):
-        reason = err.strerror or str(err) or type(err).__name__
-        super().__init__(err.errno, f"cannot write {path}: {reason[:1].lower()}{reason[1:]}", str(path))
-
-    def __str__(self) -> str:
-        return self.strerror
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: a temp file in the same folder, fsync, ``os.replace``.
-
-    The project's one writer of output files. Callers serialize into memory
-    first, so that a full disk surfaces here as an ``OSError`` whatever the format.
-
-    Raises:
-        WriteError: the write failed; ``path`` is as it was and no temporary is left.
-    """
-    path = Path(path)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-            f.write(data)
-            disk_full(path.name)  # test hook, see vae.faults
-            f.flush()
-            os.fsync(f.fileno())
-        pause_before_replace(path.name)  # test hook, see vae.faults
-        os.replace(tmp, path)
-    except BaseException as err:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError) and not isinstance(err, WriteError):
-            raise WriteError(path, err) from None
-        raise
-    _fsync_dir(path.parent)
-
-
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` to ``path`` atomically (see :func:`write_bytes_atomic`)."""
+    """Write ``state`` to ``path`` atomically (see :func:`vae.run.files.write_bytes_atomic`)."""
     buffer = io.BytesIO()  # torch.save would turn a full disk into RuntimeError("... unexpected pos ...")
     torch.save({"format": FORMAT, **state}, buffer)
     write_bytes_atomic(path, buffer.getvalue())
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`write_bytes_atomic`)."""
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete the temporaries a killed atomic write left in ``folder``, and nothing else; return them.
-
-    Only names this project writes match (``.fullcov-<name>.<random>.tmp``): a
-    user's ``.notes.tmp`` stays.
-    """
-    stale = [p for p in Path(folder).glob(f"{TEMP_PREFIX}*.tmp") if _TEMPORARY.fullmatch(p.name) and p.is_file()]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some platforms cannot open folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _check_map_location(map_location: Any) -> None:
@@ -194,12 +103,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-MODEL_FIELDS = ("latent_dim", "hidden", "posterior", "diag_transform")  # the config fields that shape the VAE
+MODEL_FIELDS = ("latent_dim", "hidden", "posterior", "diag_transform", "rank")  # the config fields that shape the VAE
+
+
+def model_fields(config: TrainConfig) -> dict[str, Any]:
+    """The :data:`MODEL_FIELDS` of ``config`` that shape its VAE (``rank`` only for the low-rank family)."""
+    return {name: getattr(config, name) for name in MODEL_FIELDS if name != "rank" or config.posterior == "lowrank"}
 
 
 def build_model(config: TrainConfig) -> VAE:
     """The VAE that ``config`` describes, freshly initialized."""
-    return VAE(**{name: getattr(config, name) for name in MODEL_FIELDS})
+    return VAE(**model_fields(config))
 
 
 def load_weights(model: torch.nn.Module, weights: Any, path: str | Path) -> None:
@@ -224,7 +138,7 @@ def load_initial_weights(config: TrainConfig) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"--init-from {err}") from None
     stored = config_from_dict(state["config"])
     differ = [f"--{name.replace('_', '-')} {getattr(stored, name)} there, {getattr(config, name)} here"
-              for name in MODEL_FIELDS if getattr(stored, name) != getattr(config, name)]
+              for name, value in model_fields(config).items() if getattr(stored, name) != value]
     if differ:
         raise CheckpointError(f"--init-from {path}: another model ({'; '.join(differ)})")
     return state["model"]
