@@ -1,4 +1,4 @@
-"""Training throughput: our VAE (full and diagonal posteriors) against the classic PyTorch example.
+"""Training throughput: our VAE (full, diagonal and low-rank posteriors) against the classic PyTorch example.
 
     python benchmarks/throughput.py [--data-dir DIR] [--device cpu] [--epochs 1]
 
@@ -7,8 +7,8 @@ Measures, in one process on one machine:
 * the **reference**: the classic PyTorch VAE example (784-400-(20, 20), diagonal
   posterior, torchvision MNIST through a ``DataLoader`` with ``ToTensor()``,
   batch 128, Adam 1e-3), written out below;
-* **ours**: ``vae.training.train_epoch`` at hidden 400, batch 128, for full and
-  diagonal posteriors at D in {2, 20, 64};
+* **ours**: ``vae.epoch.train_epoch`` at hidden 400, batch 128, for the full,
+  diagonal and low-rank (``--rank``, default 2) posteriors at D in {2, 20, 64};
 * a plain float32 matmul's GFLOP/s, at the model's largest layer shape
   (128 x 784 @ 784 x 400) and at 2048^3, to judge the achieved FLOP rate.
 
@@ -28,12 +28,15 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vae.cli import ArgumentParser, require_positive  # noqa: E402
+from vae.cli import DEVICES, ArgumentParser, require_positive  # noqa: E402
 
 from vae.config import TrainConfig  # noqa: E402
 from vae.data import load_split, resolve_data_dir  # noqa: E402
-from vae.model import VAE  # noqa: E402
-from vae.training import make_optimizer, resolve_device, train_epoch  # noqa: E402
+from vae.model import FAMILIES  # noqa: E402
+from vae.run.checkpoint import build_model  # noqa: E402
+from vae.devices import resolve_device  # noqa: E402
+from vae.epoch import train_epoch  # noqa: E402
+from vae.training import make_optimizer  # noqa: E402
 
 
 class ClassicVAE(nn.Module):
@@ -72,21 +75,22 @@ def classic_epoch(data_dir: Path, device: torch.device, limit: int | None) -> tu
     return time.perf_counter() - start, len(dataset)
 
 
-def our_epoch(train_data, device, latent_dim: int, posterior: str, batch_size: int = 128) -> tuple[float, int]:
-    """One epoch of vae.training.train_epoch; returns (seconds, images)."""
-    config = TrainConfig(latent_dim=latent_dim, hidden=(400,), posterior=posterior, batch_size=batch_size,
-                         lr=1e-3, device=str(device), progress=False)
+def our_epoch(train_data, device, latent_dim: int, posterior: str, batch_size: int = 128,
+              rank: int = 2) -> tuple[float, int]:
+    """One epoch of vae.epoch.train_epoch; returns (seconds, images)."""
+    config = TrainConfig(latent_dim=latent_dim, hidden=(400,), posterior=posterior, rank=min(rank, latent_dim),
+                         batch_size=batch_size, lr=1e-3, device=str(device), progress=False)
     torch.manual_seed(0)
-    model = VAE(latent_dim, (400,), posterior).to(device)
+    model = build_model(config).to(device)
     optimizer = make_optimizer(model, config, device)
     data_gen = torch.Generator(device=device).manual_seed(0)
     seconds = train_epoch(model, model, optimizer, train_data, config, device, data_gen).seconds
     return seconds, len(train_data)
 
 
-def training_flops(latent_dim: int, posterior: str, hidden: int = 400, pixels: int = 784) -> float:
+def training_flops(latent_dim: int, posterior: str, hidden: int = 400, pixels: int = 784, rank: int = 2) -> float:
     """Matmul FLOPs of one training image: forward 2mn per layer, backward 4mn (2mn for the input layer)."""
-    n_raw = latent_dim * (latent_dim + 1) // 2 if posterior == "full" else latent_dim
+    n_raw = FAMILIES[posterior].head_size(latent_dim, min(rank, latent_dim))
     layers = [(pixels, hidden), (hidden, latent_dim), (hidden, n_raw), (latent_dim, hidden), (hidden, pixels)]
     flops = sum(6 * m * n for m, n in layers) - 2 * pixels * hidden  # no input gradient for the data
     return flops + 6 * latent_dim * latent_dim  # z = loc + L eps, forward and backward
@@ -113,14 +117,16 @@ def _sync(device):
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None, help="dataset root (default $VAE_DATA_DIR, else ./data)")
-    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--device", default="cpu", choices=DEVICES)
     parser.add_argument("--latent-dims", type=int, nargs="+", default=[2, 20, 64])
     parser.add_argument("--limit", type=int, default=None, help="images per epoch (default: all 60,000)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128],
                         help="our batch sizes (default: 128, the classic example's; the targets use 128)")
     parser.add_argument("--repeats", type=int, default=2, help="epochs timed per setting; the fastest counts")
+    parser.add_argument("--posteriors", nargs="+", default=list(FAMILIES), choices=tuple(FAMILIES))
+    parser.add_argument("--rank", type=int, default=2, help="R of the low-rank posterior (default 2)")
     args = parser.parse_args(argv)
-    require_positive(parser, args, "repeats", "latent_dims", "batch_sizes")
+    require_positive(parser, args, "repeats", "latent_dims", "batch_sizes", "rank")
     device = resolve_device(args.device)
     data_dir = resolve_data_dir(args.data_dir)
     train_data = load_split("mnist", str(data_dir), train=True, limit=args.limit, device=device)
@@ -134,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = {}
     for batch in args.batch_sizes:
         for d in args.latent_dims:
-            for posterior in ("full", "diagonal"):
-                seconds, n = best(lambda: our_epoch(train_data, device, d, posterior, batch))
-                rows[batch, d, posterior] = (seconds, n, training_flops(d, posterior) * n / seconds / 1e9)
+            for posterior in args.posteriors:
+                seconds, n = best(lambda: our_epoch(train_data, device, d, posterior, batch, args.rank))
+                rows[batch, d, posterior] = (seconds, n, training_flops(d, posterior, rank=args.rank) * n / seconds / 1e9)
 
     print(f"\nplain float32 matmul: {peak_layer:.1f} GFLOP/s at 128x784@784x400, "
           f"{peak_square:.1f} GFLOP/s at 2048^3\n")
@@ -145,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| classic example (DataLoader + ToTensor) | 128 | 20 | {ref_s:.2f} | {ref_n / ref_s:,.0f} | "
           f"{training_flops(20, 'diagonal') * ref_n / ref_s / 1e9:.1f} | 1.00 |")
     for (batch, d, posterior), (seconds, n, gflops) in rows.items():
-        print(f"| ours, {posterior} | {batch} | {d} | {seconds:.2f} | {n / seconds:,.0f} | {gflops:.1f} "
+        label = f"lowrank (R = {min(args.rank, d)})" if posterior == "lowrank" else posterior
+        print(f"| ours, {label} | {batch} | {d} | {seconds:.2f} | {n / seconds:,.0f} | {gflops:.1f} "
               f"| {seconds / ref_s:.2f} |")
     if (128, 20, "full") in rows and (128, 20, "diagonal") in rows:
         full, diag = rows[128, 20, "full"], rows[128, 20, "diagonal"]

@@ -16,7 +16,9 @@ from vae.config import PRESETS, TrainConfig, preset_config
 from vae.model import VAE
 from vae.model.objectives import log_weights, negative_elbo, training_loss
 from vae.schedules import BURDA_EPOCHS, kl_weight, learning_rate
-from vae.training import TrainingInterrupted, make_optimizer, resume_config, train
+from vae.run.signals import TrainingInterrupted
+from vae.run.state import resume_config
+from vae.training import make_optimizer, train
 
 quiet = lambda *_: None  # noqa: E731
 TIMING = {"images_per_s", "train_seconds"}
@@ -102,7 +104,8 @@ def test_resume_is_exact_through_warm_up_and_schedule(fake_mnist, tmp_path, monk
         train(tiny_config(fake_mnist, tmp_path / "b", **recipe), log=quiet)
     monkeypatch.delenv("VAE_TEST_FAULT_AT_STEP")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    resumed = train(resume_config(tiny_config(fake_mnist, tmp_path / "b", resume=True), {"resume"}), log=quiet)
+    config, state = resume_config(tiny_config(fake_mnist, tmp_path / "b", resume=True), {"resume"})
+    resumed = train(config, log=quiet, resume_state=state)
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
@@ -116,7 +119,7 @@ def test_resume_refuses_to_rescale_a_schedule(fake_mnist, tmp_path):
         resume_config(tiny_config(fake_mnist, tmp_path, resume=True, epochs=2), {"resume", "epochs"})
     train(tiny_config(fake_mnist, tmp_path, epochs=1, run_name="flat"), log=quiet)
     assert resume_config(tiny_config(fake_mnist, tmp_path, resume=True, epochs=2, run_name="flat"),
-                         {"resume", "epochs"}).epochs == 2  # a constant rate may be extended
+                         {"resume", "epochs"})[0].epochs == 2  # a constant rate may be extended
 
 
 def test_output_bias_starts_at_the_logit_of_the_mean_pixel(fake_mnist, tmp_path):

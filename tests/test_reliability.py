@@ -33,7 +33,10 @@ from vae.run.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from vae.cholesky import DIAG_FLOOR, logdet_covariance
 from vae.config import TrainConfig
 from vae.model import VAE
-from vae.training import NonFiniteLossError, TrainingInterrupted, resume_config, train
+from vae.epoch import NonFiniteLossError
+from vae.run.signals import TrainingInterrupted
+from vae.run.state import resume_config
+from vae.training import train
 
 TIMING_COLUMNS = {"images_per_s", "train_seconds"}
 EPOCHS, STEPS_PER_EPOCH = 4, 6  # 96 fake training images in batches of 16
@@ -292,7 +295,8 @@ def test_a_stop_anywhere_resumes_to_the_same_weights_in_process(data, tmp_path, 
     assert {sig: signal.getsignal(sig) for sig in handlers} == handlers  # handlers restored
     monkeypatch.delenv("VAE_TEST_FAULT_AT_STEP")
     assert load_checkpoint(tmp_path / "b" / "tiny" / "last.pt")["step"] == stop_after
-    train(resume_config(tiny_config(data, tmp_path / "b", resume=True), {"resume"}), log=quiet)
+    config, state = resume_config(tiny_config(data, tmp_path / "b", resume=True), {"resume"})
+    train(config, log=quiet, resume_state=state)
     assert_same_weights(straight / "last.pt", tmp_path / "b" / "tiny" / "last.pt")
     assert without_timing(read_metrics(straight)) == without_timing(read_metrics(tmp_path / "b" / "tiny"))
     assert {sig: signal.getsignal(sig) for sig in handlers} == handlers

@@ -140,7 +140,7 @@ def test_resume_never_cuts_a_run_short_and_may_name_the_device_it_ran_on(data, t
 
 def test_resume_refuses_a_stop_in_mid_epoch_cut_short_and_another_device(data, tmp_path, monkeypatch):
     from vae.run.checkpoint import save_checkpoint
-    from vae.training import TrainingInterrupted
+    from vae.run.signals import TrainingInterrupted
 
     monkeypatch.setenv("VAE_TEST_FAULT_AT_STEP", "8=SIGINT")  # batch 2 of epoch 2 (6 steps an epoch)
     with pytest.raises(TrainingInterrupted):

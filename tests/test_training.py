@@ -13,7 +13,8 @@ from tests.conftest import run_cli
 from vae.run.checkpoint import load_checkpoint
 from vae.config import TrainConfig
 from vae.data import DataError, load_split
-from vae.training import METRIC_COLUMNS, resume_config, train
+from vae.run.state import METRIC_COLUMNS, resume_config
+from vae.training import train
 
 TIMING_COLUMNS = {"images_per_s", "train_seconds"}
 
@@ -59,7 +60,7 @@ def test_resume_ends_exactly_where_an_uninterrupted_run_does(fake_mnist, tmp_pat
     kwargs = dict(objective=objective, k=k, epochs=3)
     straight = train(tiny_config(fake_mnist, tmp_path / "a", **kwargs), log=quiet)
     first = train(tiny_config(fake_mnist, tmp_path / "b", **{**kwargs, "epochs": 1}), log=quiet)
-    resumed_config = resume_config(tiny_config(fake_mnist, tmp_path / "b", resume=True, epochs=3), {"epochs", "resume"})
+    resumed_config, _ = resume_config(tiny_config(fake_mnist, tmp_path / "b", resume=True, epochs=3), {"epochs", "resume"})
     assert resumed_config.epochs == 3 and resumed_config.objective == objective
     resumed = train(resumed_config, log=quiet)
     assert resumed == first
@@ -165,7 +166,7 @@ def test_cuda_amp_epoch(fake_mnist, tmp_path):
 
 def test_binarization_draws_are_fresh_random_numbers(fake_mnist, tmp_path, monkeypatch):
     """The data stream neither replays the weight init (same seed) nor the epoch's permutation draws."""
-    import vae.training as training
+    import vae.epoch as training  # the module whose train_epoch draws the batches
 
     seen = []
     real_binarize = training.binarize

@@ -13,13 +13,14 @@ Every list of choices is written once, here:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import typing
 
 __all__ = [
     "CHOICES", "DATASETS", "FAMILIES", "DIAG_TRANSFORMS", "DEVICES", "OBJECTIVES", "ESTIMATORS", "LR_SCHEDULES",
     "BINARIZATIONS", "OUTPUT_BIASES", "FIT_OBJECTIVES", "FIT_OPTIMIZERS", "ArgumentError", "check_choice",
-    "flag", "ArgumentParser", "require_positive",
+    "flag", "command_name", "ArgumentParser", "require_positive",
 ]
 
 DATASETS = ("mnist", "fashion-mnist")
@@ -69,6 +70,15 @@ def check_choice(argument: str, value: object, choices: typing.Optional[typing.S
 def flag(argument: str) -> str:
     """``latent_dim`` -> ``--latent-dim``."""
     return "--" + argument.replace("_", "-")
+
+
+def command_name(module: str) -> str:
+    """How this process was started, for messages: ``fullcov-train``, ``train.py``, or ``python -m <module>``."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)  # set by python -m
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if (spec is not None and spec.name in (module, f"{module}.__main__")) or name in ("", "-c", "__main__.py"):
+        return f"python -m {module}"
+    return name
 
 
 class ArgumentParser(argparse.ArgumentParser):

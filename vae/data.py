@@ -15,8 +15,9 @@ from typing import Iterator, Optional
 import torch
 import torchvision
 
+from vae.cli import check_choice
+
 __all__ = [
-    "DATASETS",
     "DataError",
     "ImageSplit",
     "resolve_data_dir",
@@ -28,7 +29,7 @@ __all__ = [
     "batch_indices",
 ]
 
-DATASETS = {"mnist": torchvision.datasets.MNIST, "fashion-mnist": torchvision.datasets.FashionMNIST}
+_TORCHVISION = {"mnist": torchvision.datasets.MNIST, "fashion-mnist": torchvision.datasets.FashionMNIST}  # vae.cli.DATASETS
 IMAGE_PIXELS = 28 * 28
 
 
@@ -58,7 +59,7 @@ def resolve_data_dir(data_dir: Optional[str] = None) -> Path:
 
 
 def _torchvision_split(dataset: str, root: Path, train: bool):
-    cls = DATASETS[dataset]
+    cls = _TORCHVISION[dataset]
     folder = root / cls.__name__
     created = [path for path in (folder / "raw", folder, root) if not path.exists()]
     missing = [name for name in _raw_names(cls) if not (folder / "raw" / name).is_file()]
@@ -136,8 +137,7 @@ def load_split(
     Raises:
         DataError: the files are missing and cannot be downloaded, or are corrupted.
     """
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    check_choice("dataset", dataset)
     root = resolve_data_dir(data_dir)
     try:
         split = _torchvision_split(dataset, root, train)
@@ -145,7 +145,7 @@ def load_split(
     except (AssertionError, ValueError, KeyError, IndexError, RuntimeError) as err:
         detail = (str(err).strip() or "bad header").splitlines()[0]
         raise DataError(
-            f"corrupted {dataset} files under {root / DATASETS[dataset].__name__ / 'raw'}: "
+            f"corrupted {dataset} files under {root / _TORCHVISION[dataset].__name__ / 'raw'}: "
             f"not valid IDX data ({type(err).__name__}: {detail}); "
             "replace them or point --data-dir at a good copy"
         ) from None

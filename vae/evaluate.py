@@ -35,7 +35,7 @@ from typing import Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
-from vae.cli import DEVICES, ArgumentParser, require_positive
+from vae.cli import DEVICES, ArgumentParser, command_name, require_positive
 from vae.config import check_seed
 from vae.data import DataError, evaluation_images, load_split
 from vae.devices import accumulator_dtype, resolve_device
@@ -127,7 +127,8 @@ def evaluate_model(
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = ArgumentParser(prog="python -m vae.evaluate", description=__doc__.splitlines()[0])
+    """Parse ``argv`` (default ``sys.argv[1:]``), evaluate, write the JSON; return the exit code."""
+    parser = ArgumentParser(prog=command_name("vae.evaluate"), description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", nargs="?", default=None,
                         help="checkpoint to evaluate (default: the best shipped model, "
                              f"checkpoints/pretrained/{PRETRAINED.name})")

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import torch
 from matplotlib.figure import Figure
 
-from vae.cli import ArgumentParser
+from vae.cli import ArgumentParser, command_name
 from vae.data import DataError, load_split
 from vae.model import VAE
 from vae.run.checkpoint import PRETRAINED, CheckpointError, load_run
@@ -192,7 +192,7 @@ def write_run_pictures(
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = ArgumentParser(prog="python -m vae.visualize", description="Draw every picture of a trained VAE.")
+    parser = ArgumentParser(prog=command_name("vae.visualize"), description="Draw every picture of a trained VAE.")
     parser.add_argument("checkpoint", nargs="?", default=str(PRETRAINED),
                         help="a best.pt or last.pt written by train.py (default: the best shipped model, "
                              f"checkpoints/pretrained/{PRETRAINED.name})")

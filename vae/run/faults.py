@@ -32,7 +32,8 @@ from typing import Optional
 
 import torch
 
-__all__ = ["SLOW_WRITE_ENV", "DISK_FULL_ENV", "FAULT_AT_STEP_ENV", "pause_before_replace", "disk_full", "StepFault"]
+__all__ = ["SLOW_WRITE_ENV", "DISK_FULL_ENV", "FAULT_AT_STEP_ENV", "pause_before_replace", "disk_full", "NoFault", "StepFault",
+           "step_fault"]
 
 SLOW_WRITE_ENV = "VAE_TEST_SLOW_WRITE"
 DISK_FULL_ENV = "VAE_TEST_DISK_FULL"
@@ -64,8 +65,23 @@ def disk_full(name: str) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
+class NoFault:
+    """No fault: what training gets unless ``VAE_TEST_FAULT_AT_STEP`` is set; both hooks do nothing."""
+
+    def loss(self, step: int, loss: torch.Tensor) -> torch.Tensor:
+        return loss
+
+    def after_step(self, step: int) -> None:
+        pass
+
+
+def step_fault() -> "NoFault | StepFault":
+    """The fault ``VAE_TEST_FAULT_AT_STEP`` asks for, or a :class:`NoFault` (read once per epoch)."""
+    return StepFault() if os.environ.get(FAULT_AT_STEP_ENV, "").strip() else NoFault()
+
+
 class StepFault:
-    """The fault ``VAE_TEST_FAULT_AT_STEP`` asks for, if any; read once per epoch.
+    """The fault ``VAE_TEST_FAULT_AT_STEP`` asks for; read once per epoch.
 
     Attributes:
         step: the global step it hits, or None; action: ``nan``, ``inf`` or a signal name.

@@ -32,7 +32,7 @@ from vae.run.files import write_text_atomic
 from vae.config import TrainConfig, config_from_dict
 
 __all__ = [
-    "METRIC_COLUMNS", "RESUMABLE_OVERRIDES", "EpochResult", "RunProgress", "resume_config", "rng_state", "set_rng_state",
+    "METRIC_COLUMNS", "RESUMABLE_OVERRIDES", "EpochResult", "PartialEpoch", "RunProgress", "resume_config", "rng_state", "set_rng_state",
     "write_metrics", "checkpoint_state", "restore_run", "repair_run_folder", "checked_last", "check_resume",
     "write_config",
 ]
@@ -65,10 +65,35 @@ class EpochResult(NamedTuple):
     lr: float = math.nan
     kl_weight: float = 1.0
 
-    def partial(self, epoch: int) -> dict:
-        """The interrupted epoch, as stored in a checkpoint (see :class:`vae.run.state.RunProgress`)."""
-        return {"epoch": epoch, "batch": self.batch, "data_rng": self.data_rng,
-                "sums": self.sums.cpu(), "seconds": self.seconds}
+    def partial(self, epoch: int) -> "PartialEpoch":
+        """The interrupted epoch ``epoch``, to store in a checkpoint."""
+        return PartialEpoch(epoch, self.batch, self.data_rng, self.sums.cpu(), self.seconds)
+
+
+@dataclass
+class PartialEpoch:
+    """An epoch stopped by a signal after ``batch`` of its batches.
+
+    Attributes:
+        epoch: its number; batch: batches done; data_rng: the data generator's state at
+        the epoch's start (it redraws the epoch's permutation); sums: running totals of
+        loss, -ELBO, reconstruction, KL ``(4,)`` float64; seconds: its training time so far.
+    """
+
+    epoch: int
+    batch: int
+    data_rng: torch.Tensor
+    sums: torch.Tensor
+    seconds: float
+
+    def as_state(self) -> dict[str, Any]:
+        """As a checkpoint stores it: a plain dict (``torch.load(weights_only=True)`` reads no classes)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_state(cls, state: Optional[dict[str, Any]]) -> Optional["PartialEpoch"]:
+        """Read :meth:`as_state`'s dict back; None stays None (a checkpoint at an epoch boundary)."""
+        return None if state is None else cls(**{f.name: state[f.name] for f in dataclasses.fields(cls)})
 
 
 @dataclass
@@ -78,15 +103,14 @@ class RunProgress:
     Attributes:
         epoch: completed epochs; step: optimizer steps done (partial epoch included);
         metrics: one row per completed epoch; best: lowest test -ELBO so far;
-        partial: the interrupted epoch (``epoch``, ``batch``, ``data_rng``, ``sums``
-            ``(4,)`` float64, ``seconds``), or None at an epoch boundary.
+        partial: the interrupted epoch, or None at an epoch boundary.
     """
 
     epoch: int = 0
     step: int = 0
     metrics: list = field(default_factory=list)
     best: float = math.inf
-    partial: Optional[dict] = None
+    partial: Optional[PartialEpoch] = None
 
     def complete(self, row: dict) -> bool:
         """Record the metrics row of a finished epoch; return whether its test -ELBO is the best yet."""
@@ -97,8 +121,11 @@ class RunProgress:
         return improved
 
 
-def resume_config(config: TrainConfig, explicit: set[str]) -> TrainConfig:
-    """The stored config of the run to resume, with the flags given now applied.
+def resume_config(config: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, dict[str, Any]]:
+    """The stored config of the run to resume, with the flags given now applied, and ``last.pt`` itself.
+
+    ``last.pt`` is read once, here; pass it on as ``train(config, resume_state=state)``. Read it
+    under the run folder's lock (:func:`vae.run.lock.lock_run_folder`) so that no other writer moves it on.
 
     Only flags that leave the model and the data stream unchanged may differ
     from the stored run: ``epochs`` among them, to extend a run at a constant
@@ -126,7 +153,7 @@ def resume_config(config: TrainConfig, explicit: set[str]) -> TrainConfig:
     resumed = dataclasses.replace(stored, **{name: getattr(config, name) for name in explicit
                                              if name in RESUMABLE_OVERRIDES})
     check_resume(resumed, state, last)
-    return resumed
+    return resumed, state
 
 
 def checked_last(config: TrainConfig, run_dir: Path) -> Path:
@@ -219,7 +246,8 @@ def checkpoint_state(
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "config": dataclasses.asdict(config), "epoch": progress.epoch, "step": progress.step,
             "rng": rng_state(device, data_gen), "metrics": progress.metrics,
-            "best_test_neg_elbo": progress.best, "partial": progress.partial}
+            "best_test_neg_elbo": progress.best,
+            "partial": progress.partial.as_state() if progress.partial else None}
 
 
 def restore_run(
@@ -242,7 +270,7 @@ def restore_run(
         first = (str(err).strip() or type(err).__name__).splitlines()[0]
         raise CheckpointError(f"{path}: cannot resume from its training state ({first})") from None
     return RunProgress(state["epoch"], state["step"], list(state["metrics"]),
-                       state["best_test_neg_elbo"], state.get("partial"))
+                       state["best_test_neg_elbo"], PartialEpoch.from_state(state.get("partial")))
 
 
 def _epoch_of(path: Path) -> Optional[int]:

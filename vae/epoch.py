@@ -1,0 +1,155 @@
+"""One epoch: shuffled batches through the training step, then the test bound and the epoch's metrics row.
+
+The step draws fresh binarized pixels, sets the KL weight and learning rate of
+its global step (:mod:`vae.schedules`), and differentiates the surrogate of
+:func:`vae.model.objectives.training_loss`. Losses stay on the device and are
+synced every :data:`PROGRESS_EVERY` steps, where a NaN or Inf stops the run.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from vae.config import TrainConfig
+from vae.data import ImageSplit, batch_indices, binarize
+from vae.devices import accumulator_dtype, autocast
+from vae.model import VAE
+from vae.model.objectives import negative_elbo, training_loss
+from vae.run.faults import step_fault
+from vae.run.signals import GracefulStop
+from vae.run.state import EpochResult, PartialEpoch
+from vae.schedules import kl_weight, learning_rate
+
+__all__ = ["NonFiniteLossError", "EVAL_NOISE_SEED", "PROGRESS_EVERY", "evaluate", "train_epoch", "epoch_row"]
+
+EVAL_NOISE_SEED = 0  # the per-epoch test bound uses the same posterior noise every epoch
+PROGRESS_EVERY = 50  # steps between host syncs for the progress bar and the finiteness check
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or Inf; the last checkpoint on disk is the last good one."""
+
+
+@torch.no_grad()
+def evaluate(model: VAE, images: torch.Tensor, batch_size: int = 1000, amp: bool = False) -> dict[str, float]:
+    """Mean test -ELBO, reconstruction and KL (nats per image) with fixed posterior noise.
+
+    Args:
+        model: the VAE.
+        images: already-binarized images ``(N, 784)`` on the model's device.
+    """
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, device=images.device, dtype=accumulator_dtype(images.device))  # loss, recon, kl
+    device = images.device
+    devices = [device.index or 0] if device.type in ("cuda", "mps") else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+        torch.manual_seed(EVAL_NOISE_SEED)
+        for x in images.split(batch_size):
+            with autocast(images.device, amp):
+                bound = negative_elbo(model, x)
+            sums += torch.stack([bound.loss.sum(), bound.recon.sum(), bound.kl.sum()]).to(sums.dtype)
+    model.train(was_training)
+    loss, recon, kl = (sums / images.shape[0]).tolist()
+    return {"test_neg_elbo": loss, "test_recon": recon, "test_kl": kl}
+
+
+def train_epoch(
+    model: VAE, step_model, optimizer: torch.optim.Optimizer, data: ImageSplit, config: TrainConfig,
+    device: torch.device, data_gen: torch.Generator, epoch: int = 1, step: int = 0,
+    partial: Optional[PartialEpoch] = None, stop: Optional[GracefulStop] = None,
+) -> EpochResult:
+    """One pass over the training set in shuffled batches, or the rest of an interrupted one.
+
+    Args:
+        model: the VAE whose parameters are clipped; step_model: it, or its compiled twin.
+        data: the training split on ``device``; data_gen: the generator of permutations
+            and binarization draws; epoch: for messages; step: optimizer steps done
+            before this epoch began.
+        partial: the interrupted epoch to finish (its permutation is redrawn from
+            ``partial.data_rng``, its first ``partial.batch`` batches skipped).
+        stop: once ``stop.signum`` is set, return after the current step.
+
+    Raises:
+        NonFiniteLossError: a step's loss was NaN or Inf.
+    """
+    fault = step_fault()  # a no-op unless a reliability test asks for a fault (vae.run.faults)
+    if partial is None:
+        start_rng = data_gen.get_state()
+        batches = list(batch_indices(len(data), config.batch_size, data_gen, device))  # the epoch's permutation
+    else:  # redraw the interrupted epoch's permutation, then continue its draws where they stopped
+        start_rng, resume_rng = partial.data_rng, data_gen.get_state()
+        data_gen.set_state(start_rng)
+        batches = list(batch_indices(len(data), config.batch_size, data_gen, device))
+        data_gen.set_state(resume_rng)
+    first = partial.batch if partial else 0
+    acc = accumulator_dtype(device)
+    sums = partial.sums.to(device, acc) if partial else torch.zeros(4, device=device, dtype=acc)
+    window = []  # per-step sums since the last host sync, on the device
+    done_images = min(first * config.batch_size, len(data))
+    bar = tqdm(total=len(data), initial=done_images, desc=f"epoch {epoch}/{config.epochs}", unit="img",
+               disable=not config.progress, leave=False, dynamic_ncols=True)
+    seen, start, done = 0, time.perf_counter(), first
+    total_steps = config.epochs * len(batches)
+    beta = 1.0
+    for i in range(first, len(batches)):
+        rows = batches[i]
+        x = data.images[rows]  # (B, 784)
+        if config.binarize == "dynamic":
+            x = binarize(x, data_gen)
+        beta = kl_weight(step + i, config.kl_warmup, len(batches))
+        if config.lr_schedule != "constant":
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config.lr_schedule, config.lr, step + i, total_steps)
+        with autocast(device, config.amp):
+            surrogate, bound = training_loss(step_model, x, config.objective, config.k, config.estimator, beta)
+        loss = fault.loss(step + i + 1, surrogate.mean())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        with torch.no_grad():  # kept on the device: no host sync inside the step
+            window.append(torch.stack([bound.loss.sum(), bound.recon.sum(), bound.kl.sum(), loss.detach()]))
+        seen, done = seen + rows.numel(), i + 1
+        fault.after_step(step + done)
+        stopping = stop is not None and stop.signum is not None and done < len(batches)
+        if done % PROGRESS_EVERY == 0 or done == len(batches) or stopping:
+            steps = torch.stack(window).to(sums.dtype)  # (W, 4): the bound at beta = 1, recon, KL, the surrogate
+            window.clear()
+            bad = (~torch.isfinite(steps[:, [0, 3]]).all(1)).nonzero()
+            if len(bad):
+                bar.close()
+                raise NonFiniteLossError(
+                    f"non-finite loss at epoch {epoch}, step {step + done - len(steps) + int(bad[0]) + 1}; "
+                    "stopped without saving, the last checkpoint is the last good one (try a lower --lr or --grad-clip)"
+                )
+            loss_sum, recon_sum, kl_sum, _ = steps.sum(0)
+            sums += torch.stack([loss_sum, recon_sum + kl_sum, recon_sum, kl_sum])
+            bar.update(done_images + seen - bar.n)
+            bar.set_postfix(loss=f"{sums[0].item() / (done_images + seen):.2f}",
+                            img_s=f"{seen / (time.perf_counter() - start):,.0f}")
+        if stopping:
+            break
+    bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = (partial.seconds if partial else 0.0) + time.perf_counter() - start
+    return EpochResult(sums, done, len(batches), seconds, start_rng, optimizer.param_groups[0]["lr"], beta)
+
+
+def epoch_row(epoch: int, step: int, result: EpochResult, n_images: int, test: dict[str, float]) -> dict:
+    """The ``metrics.csv`` row of a finished epoch; a non-finite test bound stops the run."""
+    if not math.isfinite(test["test_neg_elbo"]):
+        raise NonFiniteLossError(
+            f"non-finite test -ELBO after epoch {epoch}, step {step}; stopped without saving, "
+            "the last checkpoint is the last good one (try a lower --lr or --grad-clip)"
+        )
+    loss, neg_elbo, recon, kl = (result.sums / n_images).tolist()
+    return {"epoch": epoch, "step": step, "train_loss": loss, "train_neg_elbo": neg_elbo,
+            "train_recon": recon, "train_kl": kl, **test, "lr": result.lr, "kl_weight": result.kl_weight,
+            "images_per_s": n_images / result.seconds, "train_seconds": result.seconds}
