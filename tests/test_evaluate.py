@@ -174,14 +174,14 @@ def test_the_default_model_is_the_best_shipped_one_and_evaluates(real_data, tmp_
 
 
 def shipped_files() -> dict[str, bytes]:
-    from vae.evaluate import SHIPPED
+    from vae.run.checkpoint import PRETRAINED_DIR as SHIPPED
 
     return {path.name: path.read_bytes() for path in sorted(SHIPPED.iterdir())}
 
 
 def test_no_command_writes_into_the_shipped_folder(fake_mnist, tmp_path):
     from vae.run.checkpoint import PRETRAINED
-    from vae.evaluate import SHIPPED
+    from vae.run.checkpoint import PRETRAINED_DIR as SHIPPED
 
     before = shipped_files()
     env = {"PYTHONPATH": str(REPO)}  # run from another folder, with this checkout's vae
@@ -194,11 +194,17 @@ def test_no_command_writes_into_the_shipped_folder(fake_mnist, tmp_path):
                       cwd=tmp_path, env=env)
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert "shipped" in refused.stderr and "Traceback" not in refused.stderr
+    pictures = run_cli("-m", "vae.visualize", "--data-dir", str(fake_mnist), cwd=tmp_path, env=env)  # the default model
+    assert pictures.returncode == 0, pictures.stderr
+    assert (tmp_path / f"{PRETRAINED.stem}-pictures" / "samples.png").is_file()
+    refused = run_cli("-m", "vae.visualize", "--out", str(SHIPPED), cwd=tmp_path, env=env)
+    assert refused.returncode == 2 and "shipped" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     assert shipped_files() == before
 
 
 def test_result_names_hold_split_k_limit_and_a_shipped_model_s_stem():
-    from vae.evaluate import SHIPPED, is_shipped, result_path
+    from vae.evaluate import result_path
+    from vae.run.checkpoint import PRETRAINED_DIR as SHIPPED, is_shipped
 
     run = Path("runs") / "r" / "best.pt"
     assert result_path(run, "test", 5000) == run.parent / "eval-test-k5000.json"
@@ -208,4 +214,4 @@ def test_result_names_hold_split_k_limit_and_a_shipped_model_s_stem():
         assert is_shipped(SHIPPED / name) and not is_shipped(Path("elsewhere") / name)
         stem = name[:-3]
         assert result_path(SHIPPED / name, "test", 5000) == Path(f"{stem}-eval-test-k5000.json")  # current folder
-    assert SHIPPED.name == "pretrained" and SHIPPED.parent.name == "checkpoints"
+    assert SHIPPED.name == "pretrained" and SHIPPED.parent.name == "vae"  # package data

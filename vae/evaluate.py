@@ -16,7 +16,7 @@ the same fixed seed as training's test set, so numbers are reproducible.
 
 Results are printed and saved as JSON (``--out``; by default
 ``eval-<split>-k<K>[-limit<N>][-seed<S>].json`` beside the checkpoint). The
-shipped folder ``checkpoints/pretrained/`` is read-only to this command: for
+shipped folder ``vae/pretrained/`` is read-only to this command: for
 a checkpoint in it the JSON goes to the current folder, named
 ``<checkpoint stem>-eval-...json``, and an ``--out`` into it is refused. The
 JSON records the checkpoint's path relative to the repository when it lies
@@ -41,21 +41,14 @@ from vae.data import DataError, evaluation_images, load_split
 from vae.devices import accumulator_dtype, resolve_device
 from vae.model import VAE, Draw, GaussianPosterior
 from vae.model.objectives import log_weights
-from vae.run.checkpoint import PRETRAINED, PRETRAINED_DIR, CheckpointError, load_run
+from vae.run.checkpoint import PRETRAINED, PRETRAINED_DIR, CheckpointError, is_shipped, load_run
 from vae.run.files import WriteError, write_text_atomic
 
-__all__ = ["SHIPPED", "is_shipped", "result_path", "portable_path", "importance_weighted_bounds", "evaluate_model",
+__all__ = ["result_path", "portable_path", "importance_weighted_bounds", "evaluate_model",
            "main"]
 
 MAX_ROWS = 20_000  # images x samples decoded at once: bounds memory (~63 MB of logits)
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = PRETRAINED_DIR
-"""The shipped models' folder: every file in it is shipped, and no command writes into it."""
-
-
-def is_shipped(path: str | Path) -> bool:
-    """Whether ``path`` lies in the shipped folder :data:`SHIPPED` (any file there, whatever its name)."""
-    return SHIPPED.resolve() in Path(path).resolve().parents
 
 
 def result_path(checkpoint: Path, split: str, k: int, limit: Optional[int] = None, seed: int = 0) -> Path:
@@ -131,7 +124,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = ArgumentParser(prog=command_name("vae.evaluate"), description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", nargs="?", default=None,
                         help="checkpoint to evaluate (default: the best shipped model, "
-                             f"checkpoints/pretrained/{PRETRAINED.name})")
+                             f"vae/pretrained/{PRETRAINED.name})")
     parser.add_argument("--k", type=int, default=5000, help="importance samples per image (default: 5000)")
     parser.add_argument("--split", choices=("test", "train"), default="test")
     parser.add_argument("--batch-size", type=int, default=20, help="images per pass (default: 20)")
@@ -151,7 +144,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     checkpoint = Path(args.checkpoint) if args.checkpoint else PRETRAINED
     out = Path(args.out) if args.out else result_path(checkpoint, args.split, args.k, args.limit, args.seed)
     if is_shipped(out):
-        parser.error(f"cannot write {out}: checkpoints/{SHIPPED.name}/ holds the shipped models, which no "
+        parser.error(f"cannot write {out}: {PRETRAINED_DIR} holds the shipped models, which no "
                      "command writes; choose another --out (or run from another folder)")
     if out.is_dir() or not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
         parser.error(f"--out {out}: cannot write there")  # checked before a long evaluation

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from vae.cli import ArgumentParser, command_name
 from vae.data import DataError, load_split
 from vae.model import VAE
-from vae.run.checkpoint import PRETRAINED, CheckpointError, load_run
+from vae.run.checkpoint import PRETRAINED, PRETRAINED_DIR, CheckpointError, is_shipped, load_run
 from vae.run.files import WriteError, save_figure
 
 __all__ = [
@@ -195,11 +195,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = ArgumentParser(prog=command_name("vae.visualize"), description="Draw every picture of a trained VAE.")
     parser.add_argument("checkpoint", nargs="?", default=str(PRETRAINED),
                         help="a best.pt or last.pt written by train.py (default: the best shipped model, "
-                             f"checkpoints/pretrained/{PRETRAINED.name})")
-    parser.add_argument("--out", help="folder for the PNGs (default: the checkpoint's folder)")
+                             f"vae/pretrained/{PRETRAINED.name})")
+    parser.add_argument("--out", help="folder for the PNGs (default: the checkpoint's folder; for a shipped model, "
+                        "<stem>-pictures/ in the current folder)")
     parser.add_argument("--data-dir", help="dataset root (default: the run's, else $VAE_DATA_DIR, else ./data)")
     args = parser.parse_args(argv)
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent
+    checkpoint = Path(args.checkpoint)
+    out = Path(args.out) if args.out else (
+        Path(f"{checkpoint.stem}-pictures") if is_shipped(checkpoint) else checkpoint.parent)
+    if is_shipped(out / "x.png"):
+        parser.error(f"cannot write pictures to {out}: {PRETRAINED_DIR} holds the shipped models, which no command "
+                     "writes; choose another --out (or run from another folder)")
     try:
         paths = write_run_pictures(args.checkpoint, out, args.data_dir)
     except DataError as err:

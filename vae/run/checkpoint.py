@@ -22,13 +22,13 @@ from vae.run.files import write_bytes_atomic
 
 __all__ = [
     "CheckpointError", "FORMAT", "save_checkpoint", "load_checkpoint", "MODEL_FIELDS", "model_fields", "build_model", "load_weights",
-    "load_initial_weights", "load_run", "load_model", "PRETRAINED_DIR", "SHIPPED_MODELS", "PRETRAINED",
+    "load_initial_weights", "load_run", "load_model", "PRETRAINED_DIR", "SHIPPED_MODELS", "PRETRAINED", "is_shipped",
     "export_model",
 ]
 
 FORMAT = "fullcov-vae/1"
-PRETRAINED_DIR = Path(__file__).resolve().parents[2] / "checkpoints" / "pretrained"
-"""The shipped models' folder (in a source checkout); no command writes into it."""
+PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"
+"""The shipped models' folder, package data of ``vae`` (``vae/pretrained/``); no command writes into it."""
 SHIPPED_MODELS = ("vae-full.pt", "vae-diagonal.pt", "iwae-full.pt")
 """The shipped MNIST models; ``<stem>-metrics.csv`` and ``<stem>-eval-test-k5000.json`` lie beside each."""
 PRETRAINED = PRETRAINED_DIR / "vae-full.pt"
@@ -46,6 +46,11 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     buffer = io.BytesIO()  # torch.save would turn a full disk into RuntimeError("... unexpected pos ...")
     torch.save({"format": FORMAT, **state}, buffer)
     write_bytes_atomic(path, buffer.getvalue())
+
+
+def is_shipped(path: str | Path) -> bool:
+    """Whether ``path`` lies in the shipped folder :data:`PRETRAINED_DIR` (any file there, whatever its name)."""
+    return PRETRAINED_DIR.resolve() in Path(path).resolve().parents
 
 
 def _check_map_location(map_location: Any) -> None:
