@@ -146,7 +146,7 @@ def test_resume_refuses_a_stop_in_mid_epoch_cut_short_and_another_device(data, t
     with pytest.raises(TrainingInterrupted):
         train(tiny_config(data, tmp_path, run_name="r"), log=quiet)
     monkeypatch.delenv("VAE_TEST_FAULT_AT_STEP")
-    with pytest.raises(ValueError, match="already has 1 epoch and part of epoch 2; .* --epochs 2 or more"):
+    with pytest.raises(ValueError, match="already has 1 epoch and part of epoch 2; .* epochs 2 or more"):
         train(tiny_config(data, tmp_path, run_name="r", resume=True, epochs=1), log=quiet)
     last = tmp_path / "r" / "last.pt"
     state = load_checkpoint(last)

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import typing
 
 __all__ = [
     "CHOICES", "DATASETS", "FAMILIES", "DIAG_TRANSFORMS", "DEVICES", "OBJECTIVES", "ESTIMATORS", "LR_SCHEDULES",
     "BINARIZATIONS", "OUTPUT_BIASES", "FIT_OBJECTIVES", "FIT_OPTIMIZERS", "ArgumentError", "check_choice",
-    "flag", "command_name", "ArgumentParser", "require_positive",
+    "flag", "as_flags", "command_name", "ArgumentParser", "require_positive",
 ]
 
 DATASETS = ("mnist", "fashion-mnist")
@@ -48,16 +49,32 @@ class ArgumentError(ValueError):
 
     Args:
         argument: the argument's name as the library spells it (``latent_dim``).
-        message: the rest of the sentence (``must be a positive integer, got 0``).
+        message: the rest of the sentence (``must be a positive integer, got 0``, or
+            ``: <why>``). Other arguments it mentions are written in backticks
+            (```epochs``` ), which a CLI shows as flags too (``--epochs``).
     """
 
     def __init__(self, argument: str, message: str):
         self.argument, self.message = argument, message
-        super().__init__(f"{argument} {message}")
+        super().__init__(self._render(str))
 
     def as_flag(self) -> str:
-        """The same sentence with the argument as a command-line flag: ``--latent-dim must be ...``."""
-        return f"{flag(self.argument)} {self.message}"
+        """The same sentence with the arguments as command-line flags: ``--latent-dim must be ...``."""
+        return self._render(flag)
+
+    def _render(self, name: typing.Callable[[str], str]) -> str:
+        sep = "" if self.message.startswith(":") else " "
+        return name(self.argument) + sep + _mentions(self.message, name)
+
+
+def _mentions(text: str, name: typing.Callable[[str], str]) -> str:
+    """``text`` with each argument mentioned in backticks (```epochs```) rendered by ``name``."""
+    return re.sub(r"`(\w+)`", lambda m: name(m.group(1)), text)
+
+
+def as_flags(text: str) -> str:
+    """A library message as a command line shows it: ```batch_size``` -> ``--batch-size``."""
+    return _mentions(text, flag)
 
 
 def check_choice(argument: str, value: object, choices: typing.Optional[typing.Sequence[str]] = None) -> None:
@@ -86,12 +103,12 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: typing.Union[str, Exception]) -> typing.NoReturn:
         """A usage error: one line, exit code 2. An :class:`ArgumentError` is shown with its flag."""
-        text = message.as_flag() if isinstance(message, ArgumentError) else str(message)
+        text = message.as_flag() if isinstance(message, ArgumentError) else as_flags(str(message))
         self.exit(2, f"{self.prog}: error: {text.splitlines()[0] if text else text}\n")
 
     def fail(self, message: object) -> int:
         """A runtime failure (a broken checkpoint, a full disk): one line on stderr; returns exit code 1."""
-        lines = str(message).splitlines() or [""]
+        lines = as_flags(str(message)).splitlines() or [""]
         print(f"{self.prog}: error: {lines[0]}", file=sys.stderr)
         return 1
 

@@ -70,10 +70,10 @@ def _torchvision_split(dataset: str, root: Path, train: bool):
         return cls(str(root), train=train, download=False)
     if len(missing) < len(_raw_names(cls)):  # a partial copy: a download would overwrite the files that are there
         raise DataError(f"{dataset} files missing from {folder / 'raw'}: {', '.join(missing)}; "
-                        "copy them there, or point --data-dir (or VAE_DATA_DIR) at a complete copy")
+                        "copy them there, or point `data_dir` (or VAE_DATA_DIR) at a complete copy")
     hint = (
         f"{dataset} not found under {folder / 'raw'} and it could not be downloaded; "
-        f"point --data-dir (or VAE_DATA_DIR) at a folder holding {cls.__name__}/raw/*-ubyte"
+        f"point `data_dir` (or VAE_DATA_DIR) at a folder holding {cls.__name__}/raw/*-ubyte"
     )
     try:
         return cls(str(root), train=train, download=True)
@@ -147,7 +147,7 @@ def load_split(
         raise DataError(
             f"corrupted {dataset} files under {root / _TORCHVISION[dataset].__name__ / 'raw'}: "
             f"not valid IDX data ({type(err).__name__}: {detail}); "
-            "replace them or point --data-dir at a good copy"
+            "replace them or point `data_dir` at a good copy"
         ) from None
     except OSError as err:
         raise DataError(f"cannot read {dataset} under {root}: {err}") from None

@@ -91,10 +91,10 @@ def check_step_memory(config, device: torch.device, total: Optional[int] = None)
     if total is None or need <= limit:
         return
     fits = int(limit // (need / config.batch_size))  # the largest batch size within the limit
-    hint = f"lower --batch-size to {fits} or --k" if fits >= 1 else "lower --k"
+    hint = f"lower `batch_size` to {fits} or `k`" if fits >= 1 else "lower `k`"
     gib = 2.0**30
-    raise ValueError(
-        f"--k {config.k} with --batch-size {config.batch_size}: one training step needs about {need / gib:.1f} GiB "
+    raise ArgumentError(
+        "k", f"{config.k} with `batch_size` {config.batch_size}: one training step needs about {need / gib:.1f} GiB "
         f"({config.batch_size} x {config.k} draws of logits, their gradients and the decoder's activations), "
         f"over {STEP_MEMORY_FRACTION:.0%} of the {total / gib:.1f} GiB of {device.type} memory; {hint}"
     )

@@ -126,7 +126,7 @@ def train_epoch(
                 bar.close()
                 raise NonFiniteLossError(
                     f"non-finite loss at epoch {epoch}, step {step + done - len(steps) + int(bad[0]) + 1}; "
-                    "stopped without saving, the last checkpoint is the last good one (try a lower --lr or --grad-clip)"
+                    "stopped without saving, the last checkpoint is the last good one (try a lower `lr` or `grad_clip`)"
                 )
             loss_sum, recon_sum, kl_sum, _ = steps.sum(0)
             sums += torch.stack([loss_sum, recon_sum + kl_sum, recon_sum, kl_sum])
@@ -147,7 +147,7 @@ def epoch_row(epoch: int, step: int, result: EpochResult, n_images: int, test: d
     if not math.isfinite(test["test_neg_elbo"]):
         raise NonFiniteLossError(
             f"non-finite test -ELBO after epoch {epoch}, step {step}; stopped without saving, "
-            "the last checkpoint is the last good one (try a lower --lr or --grad-clip)"
+            "the last checkpoint is the last good one (try a lower `lr` or `grad_clip`)"
         )
     loss, neg_elbo, recon, kl = (result.sums / n_images).tolist()
     return {"epoch": epoch, "step": step, "train_loss": loss, "train_neg_elbo": neg_elbo,

@@ -18,7 +18,7 @@ import shlex
 import sys
 from typing import Optional
 
-from vae.cli import ArgumentParser, command_name
+from vae.cli import ArgumentParser, as_flags, command_name
 from vae.config import TrainConfig, add_config_args, preset_config
 from vae.run.lock import RunFolderBusy, holding, lock_run_folder
 
@@ -86,7 +86,7 @@ def _train_and_draw(parser: ArgumentParser, config: TrainConfig, state: Optional
     from vae.training import train
 
     try:
-        run_dir = train(config, resume_state=state)
+        run_dir = train(config, log=lambda line: print(as_flags(line)), resume_state=state)
     except (ValueError, DataError, RunFolderBusy) as err:  # a bad flag or output folder, missing data, a busy folder
         parser.error(err)
     except (CheckpointError, NonFiniteLossError) as err:

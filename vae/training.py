@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 import torch
 
+from vae.cli import ArgumentError
 from vae.config import TrainConfig
 from vae.data import ImageSplit, evaluation_images, load_split
 from vae.devices import check_step_memory, resolve_device
@@ -113,7 +114,7 @@ def _start(config: TrainConfig, log, resume_state: Optional[dict[str, Any]]) -> 
     run_dir = config.check_run_dir()
     last = checked_last(config, run_dir)
     if config.amp and device.type != "cuda":
-        log(f"note: --amp applies to CUDA only; training in float32 on {device.type}")
+        log(f"note: `amp` applies to CUDA only; training in float32 on {device.type}")
     initial = load_initial_weights(config) if config.init_from and not config.resume else None  # before the data
     train_data = load_split(config.dataset, config.data_dir, True, config.limit, device)
     test_x = evaluation_images(load_split(config.dataset, config.data_dir, False, None, device).images,
@@ -149,7 +150,8 @@ def _open_run_folder(config: TrainConfig, run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ValueError(f"--out-dir {config.out_dir}: cannot create the run folder {run_dir} ({err.strerror})") from None
+        raise ArgumentError("out_dir", f"{config.out_dir}: cannot create the run folder {run_dir} "
+                                       f"({err.strerror})") from None
     lock_run_folder(run_dir)  # one writer per run folder, until train() returns (vae.run.lock)
     checked_last(config, run_dir)  # again, now under the lock: another writer may have saved a run meanwhile
     remove_stale_temporaries(run_dir)  # left by a killed writer; the files they were to replace are intact
@@ -166,7 +168,7 @@ def _resume(config: TrainConfig, run_dir: Path, last: Path, state: Optional[dict
     log(f"resuming {run_dir} " + (f"in epoch {at.epoch} after batch {at.batch}" if at
                                   else f"after epoch {progress.epoch}"))
     if progress.epoch >= config.epochs and not at:
-        log(f"note: {run_dir} already has {progress.epoch} epochs; pass --epochs above that to extend it")
+        log(f"note: {run_dir} already has {progress.epoch} epochs; pass `epochs` above that to extend it")
     return progress
 
 

@@ -140,12 +140,12 @@ def load_initial_weights(config: TrainConfig) -> dict[str, torch.Tensor]:
     try:
         state = load_checkpoint(path)
     except CheckpointError as err:
-        raise CheckpointError(f"--init-from {err}") from None
+        raise CheckpointError(f"`init_from` {err}") from None
     stored = config_from_dict(state["config"])
-    differ = [f"--{name.replace('_', '-')} {getattr(stored, name)} there, {getattr(config, name)} here"
+    differ = [f"`{name}` {getattr(stored, name)} there, {getattr(config, name)} here"
               for name, value in model_fields(config).items() if getattr(stored, name) != value]
     if differ:
-        raise CheckpointError(f"--init-from {path}: another model ({'; '.join(differ)})")
+        raise CheckpointError(f"`init_from` {path}: another model ({'; '.join(differ)})")
     return state["model"]
 
 

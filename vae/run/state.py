@@ -29,6 +29,7 @@ import torch
 
 from vae.run.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from vae.run.files import write_text_atomic
+from vae.cli import ArgumentError
 from vae.config import TrainConfig, config_from_dict
 
 __all__ = [
@@ -140,16 +141,13 @@ def resume_config(config: TrainConfig, explicit: set[str]) -> tuple[TrainConfig,
     """
     last = Path(config.out_dir) / config.name / "last.pt"
     if not last.is_file():
-        raise ValueError(f"--resume: no {last} to resume from")
+        raise ArgumentError("resume", f": no {last} to resume from")
     state = load_checkpoint(last)
     stored = config_from_dict(state["config"])
     for name in sorted(explicit - set(RESUMABLE_OVERRIDES)):
         if getattr(config, name) != getattr(stored, name):
-            flag = "--" + name.replace("_", "-")
-            raise ValueError(
-                f"--resume: {last} was trained with {flag} {getattr(stored, name)!r}; "
-                "drop the flag or start a new run"
-            )
+            raise ArgumentError("resume", f": {last} was trained with `{name}` {getattr(stored, name)!r}; "
+                                          "drop that value or start a new run")
     resumed = dataclasses.replace(stored, **{name: getattr(config, name) for name in explicit
                                              if name in RESUMABLE_OVERRIDES})
     check_resume(resumed, state, last)
@@ -164,9 +162,10 @@ def checked_last(config: TrainConfig, run_dir: Path) -> Path:
     """
     last = run_dir / "last.pt"
     if config.resume and not last.is_file():
-        raise ValueError(f"--resume: no {last} to resume from")
+        raise ArgumentError("resume", f": no {last} to resume from")
     if not config.resume and last.is_file():
-        raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-name")
+        raise ArgumentError("run_name", f": {run_dir} already holds a run; pass `resume` to continue it or choose "
+                                        "another `run_name`")
     return last
 
 
@@ -185,23 +184,23 @@ def check_resume(config: TrainConfig, state: dict[str, Any], path: Path, device:
     """
     stored = config_from_dict(state["config"])
     if config.epochs != stored.epochs and stored.lr_schedule != "constant":
-        raise ValueError(
-            f"--resume: {path} runs the {stored.lr_schedule} learning-rate schedule, scaled to its "
-            f"{stored.epochs} epochs; --epochs {config.epochs} would change the rate of the steps already taken"
+        raise ArgumentError(
+            "resume", f": {path} runs the {stored.lr_schedule} learning-rate schedule, scaled to its "
+            f"{stored.epochs} epochs; `epochs` {config.epochs} would change the rate of the steps already taken"
         )
     partial = state.get("partial")
     needed = partial["epoch"] if partial else state["epoch"]
     if config.epochs < needed:
         held = f"{state['epoch']} epoch{'s' * (state['epoch'] != 1)}" + (
             f" and part of epoch {partial['epoch']}" if partial else "")
-        raise ValueError(f"--resume: {path} already has {held}; --epochs {config.epochs} would not match it "
-                         f"(pass --epochs {needed} or more, or drop the flag)")
+        raise ArgumentError("resume", f": {path} already has {held}; `epochs` {config.epochs} would not match it "
+                                      f"(pass `epochs` {needed} or more, or leave it out)")
     rng = state.get("rng") if isinstance(state.get("rng"), dict) else {}
     trained_on = next((kind for kind in ("cuda", "mps") if kind in rng), "cpu")  # rng_state saves that device's
     if device is not None and device.type != trained_on:
-        raise ValueError(f"--resume: {path} was trained on {trained_on}; continued on {device.type}, its results "
-                         f"would differ from an uninterrupted run (pass --device {trained_on}, or start a new run "
-                         "with --init-from)")
+        raise ArgumentError("resume", f": {path} was trained on {trained_on}; continued on {device.type}, its "
+                                      f"results would differ from an uninterrupted run (pass `device` {trained_on}, "
+                                      "or start a new run with `init_from`)")
 
 
 def rng_state(device: torch.device, data_gen: torch.Generator) -> dict:
