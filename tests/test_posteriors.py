@@ -148,3 +148,35 @@ def test_covariance_maths_stays_float32_under_autocast_for_every_family():
             kl = draw.q.kl_standard_normal()
         assert draw.z.dtype == kl.dtype == draw.q.loc.dtype == torch.float32
         assert logits.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_raw_entries_round_trip_through_from_raw(family):
+    q, _ = random_posterior(family, seed=6)
+    cls = FAMILIES[family]
+    again = cls.from_raw(q.loc, q.raw(), rank=R)
+    for a, b in zip(q._tensors(), again._tensors()):
+        torch.testing.assert_close(a, b)
+    assert q.raw().shape == (N, cls.head_size(D, R))
+
+
+@pytest.mark.parametrize("source", FAMILIES)
+@pytest.mark.parametrize("target", FAMILIES)
+def test_projection_onto_a_family_keeps_the_mean_and_what_the_family_can_hold(source, target):
+    q, reference = random_posterior(source, seed=7)
+    projected = FAMILIES[target].project(q, rank=R)
+    assert type(projected) is FAMILIES[target]
+    torch.testing.assert_close(projected.loc, q.loc)
+    cov, got = reference.covariance_matrix, projected.covariance_matrix
+    torch.testing.assert_close(torch.diagonal(got, dim1=-2, dim2=-1), torch.diagonal(cov, dim1=-2, dim2=-1))
+    if target == "full" or source == "diagonal":
+        torch.testing.assert_close(got, cov)  # nothing to lose: the family holds it exactly
+
+
+def test_lowrank_projection_is_exact_at_full_rank_and_keeps_the_top_directions():
+    q, reference = random_posterior("full", seed=8)
+    torch.testing.assert_close(LowRankGaussian.project(q, rank=D).covariance_matrix, reference.covariance_matrix)
+    projected = LowRankGaussian.project(q, rank=1)
+    top = torch.linalg.eigh(reference.covariance_matrix)[1][..., -1]  # (N, D), the first principal direction
+    direction = projected.cov_factor[..., 0] / projected.cov_factor[..., 0].norm(dim=-1, keepdim=True)
+    torch.testing.assert_close((direction * top).sum(-1).abs(), torch.ones(N, **DOUBLE))

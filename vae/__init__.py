@@ -4,7 +4,12 @@
 It is imported on first use, so ``import vae.config`` (the command lines'
 flags) does not pay for importing torch.
 """
-__all__ = ["load_model"]
+from pathlib import Path
+
+__all__ = ["load_model", "PRETRAINED_DIR"]
+
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+"""The shipped models, package data (``vae/pretrained/``); no command writes into it."""
 
 
 def __getattr__(name: str):

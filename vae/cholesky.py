@@ -35,6 +35,7 @@ __all__ = [
     "DIAG_FLOOR",
     "EXP_MAX",
     "positive",
+    "positive_inverse",
     "tril_size",
     "dim_from_tril_size",
     "entries_to_scale_tril",
@@ -95,7 +96,8 @@ def positive(u: torch.Tensor, diag_transform: str = "softplus") -> torch.Tensor:
     return torch.exp(u.clamp(max=EXP_MAX)) + DIAG_FLOOR
 
 
-def _positive_inverse(d: torch.Tensor, diag_transform: str) -> torch.Tensor:
+def positive_inverse(d: torch.Tensor, diag_transform: str = "softplus") -> torch.Tensor:
+    """Inverse of :func:`positive`; ``ValueError`` unless every entry exceeds the floor :data:`DIAG_FLOOR`."""
     y = d - DIAG_FLOOR
     if not bool((y > 0).all()):  # also catches NaN
         raise ValueError(f"diagonal entries must exceed the floor {DIAG_FLOOR:g}")
@@ -155,7 +157,7 @@ def scale_tril_to_entries(
     scale_tril = at_least_float32(scale_tril)
     flat_index, diag_mask = _tril_layout(dim, scale_tril.device)
     values = scale_tril.reshape(*scale_tril.shape[:-2], dim * dim)[..., flat_index]  # (..., n)
-    diagonal = _positive_inverse(values[..., diag_mask], diag_transform)
+    diagonal = positive_inverse(values[..., diag_mask], diag_transform)
     values = values if offdiag_scale == 1.0 else values / offdiag_scale
     return values.masked_scatter(diag_mask.expand_as(values), diagonal)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from vae import PRETRAINED_DIR
 from vae.config import TrainConfig, config_from_dict
 from vae.devices import available
 from vae.model import VAE
@@ -27,8 +28,6 @@ __all__ = [
 ]
 
 FORMAT = "fullcov-vae/1"
-PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"
-"""The shipped models' folder, package data of ``vae`` (``vae/pretrained/``); no command writes into it."""
 SHIPPED_MODELS = ("vae-full.pt", "vae-diagonal.pt", "iwae-full.pt")
 """The shipped MNIST models; ``<stem>-metrics.csv`` and ``<stem>-eval-test-k5000.json`` lie beside each."""
 PRETRAINED = PRETRAINED_DIR / "vae-full.pt"

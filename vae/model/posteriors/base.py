@@ -1,0 +1,140 @@
+"""The base of every posterior family: a batch of N Gaussians and the methods the model calls.
+
+See :mod:`vae.model.posteriors` for the families and what each owns.
+"""
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Optional
+
+import torch
+from torch import nn
+
+__all__ = ["GaussianPosterior", "SCALE_HEAD_INIT", "LOG_2PI", "log_standard_normal"]
+
+SCALE_HEAD_INIT = 0.01  # shrinks the scale head's initial weights: every family starts near softplus(0)^2 I
+LOG_2PI = math.log(2 * math.pi)
+
+
+def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I): ``(..., D)`` -> ``(...)``."""
+    return -0.5 * z.pow(2).sum(-1) - 0.5 * z.shape[-1] * LOG_2PI
+
+
+def no_autocast(device: torch.device):
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+class GaussianPosterior:
+    """N Gaussians in D dimensions; ``loc`` is ``(N, D)``. Subclasses add their factors.
+
+    Class attributes: ``family`` (its name, :data:`vae.cli.FAMILIES`).
+    """
+
+    family: ClassVar[str]
+
+    def __init__(self, loc: torch.Tensor):
+        self.loc = loc  # (N, D)
+
+    # --- the encoder's raw head -----------------------------------------------------------------------
+    @staticmethod
+    def head_size(dim: int, rank: int) -> int:
+        """Raw entries per image that :meth:`from_raw` takes."""
+        raise NotImplementedError
+
+    @staticmethod
+    def init_head(head: nn.Linear, dim: int, rank: int) -> None:
+        """Initialize the encoder's scale head in place (weights near zero, biases zero)."""
+        with torch.no_grad():
+            head.weight.mul_(SCALE_HEAD_INIT)
+            head.bias.zero_()
+
+    @classmethod
+    def from_raw(cls, loc: torch.Tensor, raw: torch.Tensor, diag_transform: str = "softplus",
+                 offdiag_scale: float = 1.0, rank: int = 0) -> "GaussianPosterior":
+        """The posterior whose factors the raw entries ``(N, head_size)`` encode.
+
+        ``offdiag_scale`` multiplies the off-diagonal part of the factor (0 holds it at zero).
+        """
+        raise NotImplementedError
+
+    def raw(self, diag_transform: str = "softplus") -> torch.Tensor:
+        """The raw entries ``(N, head_size)`` that :meth:`from_raw` (at ``offdiag_scale = 1``) maps back to these."""
+        raise NotImplementedError
+
+    @classmethod
+    def project(cls, other: "GaussianPosterior", rank: int = 0) -> "GaussianPosterior":
+        """The member of this family nearest ``other``: the same means, a covariance of this family's form.
+
+        Full: ``other``'s covariance itself. Diagonal: its marginal variances. Low rank: its top
+        ``rank`` principal directions, the rest averaged into the diagonal (probabilistic PCA).
+        O(D³) per Gaussian: for starting points, never in the hot path.
+        """
+        raise NotImplementedError
+
+    # --- draws and densities --------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        """D."""
+        return self.loc.shape[-1]
+
+    def noise_dim(self) -> int:
+        """Standard-normal numbers per draw."""
+        return self.dim
+
+    def rsample(self, k: int = 1, generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``k`` reparameterized draws per Gaussian: noise ``eps (N, K, E)`` and ``z = loc + factor(eps)`` ``(N, K, D)``."""
+        loc = self.loc
+        with no_autocast(loc.device):
+            eps = torch.randn(loc.shape[0], k, self.noise_dim(), device=loc.device, dtype=loc.dtype,
+                              generator=generator)
+            return eps, self._transform(eps)
+
+    def _transform(self, eps: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def log_prob_draws(self, eps: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log q of this posterior's own draws ``(eps, z)`` from :meth:`rsample`: ``(N, K)``.
+
+        Uses the noise where that saves a solve; equal to :meth:`log_prob` of ``z``.
+        """
+        return self.log_prob(z)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log q(z) of any points ``z (N, K, D)``: ``(N, K)``."""
+        raise NotImplementedError
+
+    def log_det(self) -> torch.Tensor:
+        r""":math:`\log|\Sigma|`, ``(N,)``."""
+        raise NotImplementedError
+
+    def trace(self) -> torch.Tensor:
+        r""":math:`\operatorname{tr}\Sigma`, ``(N,)``."""
+        raise NotImplementedError
+
+    def kl_standard_normal(self) -> torch.Tensor:
+        r""":math:`\mathrm{KL}(q \,\|\, \mathcal N(0, I)) = \tfrac12(\operatorname{tr}\Sigma + \|m\|^2 - D - \log|\Sigma|)`, ``(N,)``."""
+        return 0.5 * (self.trace() + self.loc.pow(2).sum(-1) - self.dim - self.log_det())
+
+    def detach(self) -> "GaussianPosterior":
+        """The same Gaussians with every tensor detached (log q with its parameters held fixed)."""
+        return type(self)(*(t.detach() for t in self._tensors()))
+
+    def _tensors(self) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    # --- for users and pictures (not the hot path) ----------------------------------------------------
+    @property
+    def scale_tril(self) -> torch.Tensor:
+        r"""A lower-triangular L with :math:`L L^\top = \Sigma`, ``(N, D, D)``."""
+        raise NotImplementedError
+
+    @property
+    def covariance_matrix(self) -> torch.Tensor:
+        r""":math:`\Sigma`, ``(N, D, D)``."""
+        scale_tril = self.scale_tril
+        return scale_tril @ scale_tril.mT
+
+    def distribution(self) -> torch.distributions.Distribution:
+        """The same Gaussians as a ``torch.distributions`` object (``log_prob``, ``rsample``, ``kl_divergence``)."""
+        return torch.distributions.MultivariateNormal(self.loc, scale_tril=self.scale_tril)
