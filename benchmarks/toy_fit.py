@@ -31,8 +31,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from vae.cli import ArgumentParser, require_positive  # noqa: E402
-from vae.covariance import CovarianceLearner, _sigma_points, closed_form, fit_covariance, relative_error  # noqa: E402
-from vae.toy import ToyConfig, make_problem  # noqa: E402
+from vae.toy import CovarianceLearner, closed_form, fit_covariance, relative_error  # noqa: E402
+from vae.toy.moments import sigma_points  # noqa: E402
+from vae.toy.problems import ToyConfig, make_problem  # noqa: E402
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -112,7 +113,7 @@ def main(argv=None) -> int:
             print(f"| {dim} | {name} | {took} | {row['epochs']} | {row['iterations']} | {row['evaluations']} | "
                   f"{row['error']:.1e} | {1e3 * floor:.3f} ms |", flush=True)
     print(f"\nOne nll loss-and-gradient evaluation at D={dim}: {_evaluation_ms(x, x):.3f} ms on the N={len(x)} "
-          f"points, {_evaluation_ms(x, _sigma_points(mean, cov).float()):.3f} ms on the {2 * dim} sigma points.")
+          f"points, {_evaluation_ms(x, sigma_points(mean, cov).float()):.3f} ms on the {2 * dim} sigma points.")
     return 0
 
 

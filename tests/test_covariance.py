@@ -1,4 +1,4 @@
-"""The standalone covariance learner, vae/covariance.py, on the three toy problems and on bad input."""
+"""The standalone covariance learner, vae/toy/, on the three toy problems and on bad input."""
 import math
 
 import pytest
@@ -6,8 +6,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from vae.cholesky import entries_to_scale_tril, mvn_log_prob
-from vae.covariance import CovarianceLearner, FitHistory, _sigma_points, closed_form, fit_covariance, relative_error
-from vae.toy import ToyConfig, make_problem
+from vae.toy import CovarianceLearner, FitHistory, closed_form, fit_covariance, relative_error
+from vae.toy.moments import sigma_points
+from vae.toy.problems import ToyConfig, make_problem
 
 
 def toy_data(problem: str, **overrides) -> torch.Tensor:
@@ -87,7 +88,7 @@ def test_sigma_points_give_exactly_the_data_nll_and_gradient():
     torch.manual_seed(1)
     x = torch.randn(500, 5, dtype=torch.float64) @ torch.randn(5, 5, dtype=torch.float64) + 3
     n = x.shape[0]
-    points = _sigma_points(x.mean(0), torch.cov(x.T, correction=0))
+    points = sigma_points(x.mean(0), torch.cov(x.T, correction=0))
     assert points.shape == (10, 5)
     losses, grads = [], []
     for inputs in (x, points):
