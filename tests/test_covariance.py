@@ -264,6 +264,29 @@ def test_learner_rejects_dim_below_1(dim):
         CovarianceLearner(dim)
 
 
+BAD_STARTS = {
+    "loc of the wrong shape": (dict(loc=torch.zeros(3)), "loc must have shape \\(2,\\), got \\(3,\\)"),
+    "NaN loc": (dict(loc=torch.tensor([0.0, float("nan")])), "loc must be finite"),
+    "scale_tril of the wrong shape": (dict(scale_tril=torch.eye(3)), "scale_tril must have shape \\(2, 2\\)"),
+    "1-D scale_tril": (dict(scale_tril=torch.ones(2)), "scale_tril must have shape"),
+    "Inf in scale_tril": (dict(scale_tril=torch.tensor([[1.0, 0.0], [float("inf"), 1.0]])), "must be finite"),
+    "upper entries": (dict(scale_tril=torch.tensor([[1.0, 0.5], [0.0, 1.0]])), "lower-triangular"),
+    "zero diagonal": (dict(scale_tril=torch.tensor([[1.0, 0.0], [0.5, 0.0]])), "positive diagonal"),
+    "negative diagonal": (dict(scale_tril=-torch.eye(2)), "positive diagonal"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_STARTS, ids=list(BAD_STARTS))
+def test_initialize_rejects_bad_values_in_one_line_and_changes_nothing(case):
+    kwargs, message = BAD_STARTS[case]
+    learner = CovarianceLearner(2)
+    with pytest.raises(ValueError, match=message) as raised:
+        learner.initialize(**{"loc": torch.ones(2), **kwargs})
+    assert "\n" not in str(raised.value)
+    torch.testing.assert_close(learner.scale_tril, torch.eye(2))
+    assert torch.equal(learner.loc, torch.zeros(2))
+
+
 def test_closed_form_rejects_bad_input():
     with pytest.raises(ValueError, match="objective"):
         closed_form(_good(), "mle")

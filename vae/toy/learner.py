@@ -13,9 +13,40 @@ from typing import Optional
 import torch
 from torch import nn
 
-from vae.cholesky import entries_to_scale_tril, mvn_log_prob, scale_tril_to_entries, tril_size
+from vae.cholesky import DIAG_FLOOR, entries_to_scale_tril, mvn_log_prob, scale_tril_to_entries, tril_size
+from vae.cli import ArgumentError
 
-__all__ = ["CovarianceLearner"]
+__all__ = ["CovarianceLearner", "check_loc", "check_scale_tril"]
+
+
+def check_loc(loc, dim: int, argument: str = "loc") -> torch.Tensor:
+    """``loc`` as a finite ``(D,)`` tensor; :class:`~vae.cli.ArgumentError` (a ``ValueError``) otherwise."""
+    loc = torch.as_tensor(loc)
+    if loc.shape != (dim,):
+        raise ArgumentError(argument, f"must have shape ({dim},), got {tuple(loc.shape)}")
+    if not bool(torch.isfinite(loc).all()):
+        raise ArgumentError(argument, "must be finite, got NaN or Inf")
+    return loc
+
+
+def check_scale_tril(scale_tril, dim: int, argument: str = "scale_tril") -> torch.Tensor:
+    """``scale_tril`` as a finite lower-triangular ``(D, D)`` tensor with a diagonal above the floor.
+
+    Such a factor gives a positive-definite :math:`L L^\\top`. Raises
+    :class:`~vae.cli.ArgumentError` (a ``ValueError``) with one line otherwise.
+    """
+    scale_tril = torch.as_tensor(scale_tril)
+    if scale_tril.shape != (dim, dim):
+        raise ArgumentError(argument, f"must have shape ({dim}, {dim}), got {tuple(scale_tril.shape)}")
+    if not bool(torch.isfinite(scale_tril).all()):
+        raise ArgumentError(argument, "must be finite, got NaN or Inf")
+    if bool((torch.triu(scale_tril, diagonal=1) != 0).any()):
+        raise ArgumentError(argument, "must be lower-triangular (a Cholesky factor), got entries above the diagonal")
+    diagonal = torch.diagonal(scale_tril)  # (D,)
+    if not bool((diagonal > DIAG_FLOOR).all()):
+        raise ArgumentError(argument, f"must have a positive diagonal above {DIAG_FLOOR:g} (else L L^T is not "
+                            f"positive definite), got a smallest diagonal entry of {diagonal.min().item():.3g}")
+    return scale_tril
 
 
 class CovarianceLearner(nn.Module):
@@ -72,12 +103,17 @@ class CovarianceLearner(nn.Module):
 
     @torch.no_grad()
     def initialize(self, loc: Optional[torch.Tensor] = None, scale_tril: Optional[torch.Tensor] = None) -> None:
-        """Set the mean ``(D,)`` and/or the factor ``(D, D)`` (through the inverse map)."""
-        if loc is not None:
-            self.mean.copy_(torch.as_tensor(loc).reshape(self.dim))
+        """Set the mean ``(D,)`` and/or the factor ``(D, D)`` (through the inverse map).
+
+        Raises ``ValueError`` (one line) for a wrong shape, NaN or Inf, entries
+        above the diagonal, or a diagonal entry not above the floor.
+        """
+        loc = None if loc is None else check_loc(loc, self.dim)  # both checked before either is set
         if scale_tril is not None:
-            scale_tril = torch.as_tensor(scale_tril, dtype=torch.float64)
+            scale_tril = check_scale_tril(scale_tril, self.dim).to(torch.float64)
             self.raw_tril.copy_(scale_tril_to_entries(scale_tril, self.diag_transform))
+        if loc is not None:
+            self.mean.copy_(loc)
 
     def extra_repr(self) -> str:
         learn = isinstance(self.mean, nn.Parameter)
