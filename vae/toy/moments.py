@@ -7,15 +7,42 @@ set's mean and covariance in ``2D`` points. Nothing runs on import.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional, Tuple, Union
 
 import torch
 
-from vae.cli import FIT_OBJECTIVES, check_choice
+from vae.cli import FIT_OBJECTIVES, ArgumentError, check_choice
 
-__all__ = ["DataOrLoader", "iter_batches", "data_moments", "closed_form", "relative_error", "sigma_points"]
+__all__ = ["DataOrLoader", "Moments", "iter_batches", "data_moments", "closed_form", "relative_error",
+           "sigma_points"]
 
 DataOrLoader = Union[torch.Tensor, Iterable]
+DATA = "data_or_loader"  # the argument every data error names
+
+
+@dataclass(frozen=True)
+class Moments:
+    """What one pass over the data tells: ``n``, ``mean (D,)`` and ``scatter (D, D)`` in float64.
+
+    ``scatter`` is :math:`\\sum_i (x_i - \\bar x)(x_i - \\bar x)^\\top`; ``dtype`` is
+    the data's (the first batch's) and ``device`` the data's device (``None``
+    for a loader).
+    """
+
+    n: int
+    mean: torch.Tensor
+    scatter: torch.Tensor
+    dtype: torch.dtype
+    device: Optional[torch.device]
+
+    @property
+    def dim(self) -> int:
+        return self.mean.shape[0]
+
+    def covariance(self, objective: str) -> torch.Tensor:
+        """``objective``'s optimum ``(D, D)``: 1/(N-1) (``torch.cov``) for ``"mse"``, the 1/N MLE for ``"nll"``."""
+        return self.scatter / (self.n - 1 if objective == "mse" else self.n)
 
 
 def relative_error(estimate: torch.Tensor, reference: torch.Tensor) -> float:
@@ -28,34 +55,36 @@ def iter_batches(data_or_loader: DataOrLoader, dim: Optional[int] = None) -> Ite
     """Yield the data as validated ``(B, D)`` tensors, each checked as it arrives.
 
     A tensor is one batch; 1-tuples/lists (as ``TensorDataset`` yields) are
-    unwrapped. Raises ``ValueError`` for a batch that is not a 2-D tensor, has
-    another ``D`` than ``dim`` (or than the first batch), or holds NaN/Inf.
+    unwrapped. Raises :class:`~vae.cli.ArgumentError` (a ``ValueError``) for a
+    batch that is not a 2-D tensor, has another ``D`` than ``dim`` (or than the
+    first batch), or holds NaN/Inf.
     """
     for x in [data_or_loader] if isinstance(data_or_loader, torch.Tensor) else data_or_loader:
         if isinstance(x, (tuple, list)):
             if len(x) != 1:
-                raise ValueError(f"expected batches of (B, D) tensors or 1-tuples, got a {len(x)}-tuple")
+                raise ArgumentError(DATA, f"must yield (B, D) tensors or 1-tuples of them, got a {len(x)}-tuple")
             x = x[0]
         if not isinstance(x, torch.Tensor):
-            raise ValueError(f"data must be a torch.Tensor or a DataLoader of tensors, got {type(x).__name__}")
+            raise ArgumentError(DATA, f"must be a torch.Tensor or a DataLoader of tensors, got {type(x).__name__}")
         if x.dim() != 2 or x.shape[1] < 1:
-            raise ValueError(f"data must be 2-D (N, D) with D >= 1, got shape {tuple(x.shape)}")
+            raise ArgumentError(DATA, f"must be 2-D (N, D) with D >= 1, got shape {tuple(x.shape)}")
         if dim is not None and x.shape[1] != dim:
-            raise ValueError(f"data has D={x.shape[1]}, expected D={dim}")
+            raise ArgumentError(DATA, f"has a batch with D={x.shape[1]}, expected D={dim}")
         if not bool(torch.isfinite(x).all()):
-            raise ValueError("data contains NaN or Inf")
+            raise ArgumentError(DATA, "contains NaN or Inf")
         dim = x.shape[1]
         yield x
 
 
-def data_moments(data_or_loader: DataOrLoader) -> Tuple[int, torch.Tensor, torch.Tensor]:
+def data_moments(data_or_loader: DataOrLoader) -> Moments:
     """Count ``N``, mean ``(D,)`` and scatter ``sum (x - mean)(x - mean)^T`` ``(D, D)`` in float64.
 
     One validating pass; batches are merged by Chan's parallel update. Raises
     ``ValueError`` for bad batches or ``N < 2``.
     """
-    n, mean, scatter = 0, None, None
+    n, mean, scatter, dtype = 0, None, None, None
     for x in iter_batches(data_or_loader):
+        dtype = dtype or x.dtype
         x = x.detach().double()  # (B, D)
         b = x.shape[0]
         if b == 0:
@@ -71,8 +100,9 @@ def data_moments(data_or_loader: DataOrLoader) -> Tuple[int, torch.Tensor, torch
         mean = mean + delta * (b / (n + b))
         n += b
     if n < 2:
-        raise ValueError(f"need at least N=2 samples, got N={n}")
-    return n, mean, scatter
+        raise ArgumentError(DATA, f"needs at least N=2 samples, got N={n}")
+    device = data_or_loader.device if isinstance(data_or_loader, torch.Tensor) else None
+    return Moments(n, mean, scatter, dtype, device)
 
 
 def closed_form(data_or_loader: DataOrLoader, objective: str = "nll") -> Tuple[torch.Tensor, torch.Tensor]:
@@ -82,8 +112,8 @@ def closed_form(data_or_loader: DataOrLoader, objective: str = "nll") -> Tuple[t
     mean is the sample mean in both cases.
     """
     check_choice("objective", objective, FIT_OBJECTIVES)
-    n, mean, scatter = data_moments(data_or_loader)
-    return mean, scatter / (n - 1 if objective == "mse" else n)
+    moments = data_moments(data_or_loader)
+    return moments.mean, moments.covariance(objective)
 
 
 def sigma_points(mean: torch.Tensor, covariance: torch.Tensor) -> torch.Tensor:
