@@ -14,7 +14,6 @@ import re
 import sys
 from pathlib import Path
 
-import torch
 from matplotlib.figure import Figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

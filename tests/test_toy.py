@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from vae.covariance import closed_form, relative_error
-from vae.toy import ToyConfig, _parser, make_problem, random_covariance
+from vae.toy import closed_form, relative_error
+from vae.toy.cli import _parser
+from vae.toy.problems import ToyConfig, make_problem, random_covariance
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -59,6 +60,20 @@ def test_every_bad_argument_gives_one_line_and_exit_code_2(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_bad_flag_is_answered_before_torch_is_imported(tmp_path):
+    code = ("import runpy, sys\n"
+            "sys.argv = ['vae.toy', 'mle', '--lr', '-1']\n"
+            "try:\n"
+            "    runpy.run_module('vae.toy', run_name='__main__', alter_sys=True)\n"
+            "except SystemExit as stop:\n"
+            "    assert stop.code == 2, stop.code\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=ENV, text=True, capture_output=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == "python -m vae.toy: error: --lr must be positive and finite, got -1.0"
+
+
 def test_mle_run_writes_the_plot_and_prints_the_mle(tmp_path):
     proc = start("mle", "--out", str(tmp_path / "plot.png"), cwd=tmp_path)
     stdout, stderr = proc.communicate(timeout=300)
@@ -79,7 +94,7 @@ def test_mle_run_writes_the_plot_and_prints_the_mle(tmp_path):
 
 
 def test_unconverged_run_says_so_and_points_to_the_fixes(tmp_path, capsys):
-    from vae.toy import main
+    from vae.toy.cli import main
 
     threads = torch.get_num_threads()
     try:

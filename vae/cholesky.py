@@ -17,7 +17,7 @@ at :data:`EXP_MAX` so that the factor stays finite in float32.
 
 Every function here runs in at least float32, whatever the input dtype or an
 enclosing autocast region, and none forms an inverse. Both the VAE's encoder
-and the toy covariance learner (:mod:`vae.toy`) use this module.
+and the toy :class:`~vae.toy.learner.CovarianceLearner` use this module.
 """
 from __future__ import annotations
 
