@@ -26,15 +26,21 @@ def no_autocast(device: torch.device):
 
 
 class GaussianPosterior:
-    """N Gaussians in D dimensions; ``loc`` is ``(N, D)``. Subclasses add their factors.
+    """N Gaussians in D dimensions: ``loc`` ``(N, D)`` and the family's factors, in the order of ``factors``.
 
-    Class attributes: ``family`` (its name, :data:`vae.cli.FAMILIES`).
+    Class attributes: ``family`` (its name, :data:`vae.cli.FAMILIES`); ``factors``, the
+    names of the tensors after ``loc`` that the constructor takes and stores.
     """
 
     family: ClassVar[str]
+    factors: ClassVar[tuple[str, ...]]
 
-    def __init__(self, loc: torch.Tensor):
+    def __init__(self, loc: torch.Tensor, *factors: torch.Tensor):
+        if len(factors) != len(self.factors):
+            raise TypeError(f"{type(self).__name__} takes loc and {', '.join(self.factors)}")
         self.loc = loc  # (N, D)
+        for name, value in zip(self.factors, factors):
+            setattr(self, name, value)
 
     # --- the encoder's raw head -----------------------------------------------------------------------
     @staticmethod
@@ -121,7 +127,7 @@ class GaussianPosterior:
         return type(self)(*(t.detach() for t in self._tensors()))
 
     def _tensors(self) -> tuple[torch.Tensor, ...]:
-        raise NotImplementedError
+        return (self.loc, *(getattr(self, name) for name in self.factors))
 
     # --- for users and pictures (not the hot path) ----------------------------------------------------
     @property
@@ -129,12 +135,11 @@ class GaussianPosterior:
         r"""A lower-triangular L with :math:`L L^\top = \Sigma`, ``(N, D, D)``."""
         raise NotImplementedError
 
-    @property
-    def covariance_matrix(self) -> torch.Tensor:
-        r""":math:`\Sigma`, ``(N, D, D)``."""
-        scale_tril = self.scale_tril
-        return scale_tril @ scale_tril.mT
-
     def distribution(self) -> torch.distributions.Distribution:
         """The same Gaussians as a ``torch.distributions`` object (``log_prob``, ``rsample``, ``kl_divergence``)."""
         return torch.distributions.MultivariateNormal(self.loc, scale_tril=self.scale_tril)
+
+    @property
+    def covariance_matrix(self) -> torch.Tensor:
+        r""":math:`\Sigma = L L^\top`, ``(N, D, D)``."""
+        return self.scale_tril @ self.scale_tril.mT

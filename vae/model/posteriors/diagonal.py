@@ -13,10 +13,7 @@ class DiagonalGaussian(GaussianPosterior):
     r""":math:`\mathcal N(\text{loc}, \operatorname{diag}(\text{scale})^2)` with ``scale`` ``(N, D)``."""
 
     family = "diagonal"
-
-    def __init__(self, loc: torch.Tensor, scale: torch.Tensor):
-        super().__init__(loc)
-        self.scale = scale  # (N, D)
+    factors = ("scale",)  # (N, D)
 
     @staticmethod
     def head_size(dim: int, rank: int) -> int:
@@ -47,9 +44,6 @@ class DiagonalGaussian(GaussianPosterior):
 
     def trace(self):
         return self.scale.pow(2).sum(-1)
-
-    def _tensors(self):
-        return self.loc, self.scale
 
     @property
     def scale_tril(self):

@@ -14,10 +14,7 @@ class FullGaussian(GaussianPosterior):
     r""":math:`\mathcal N(\text{loc}, L L^\top)` with a lower-triangular ``scale_tril`` L ``(N, D, D)``."""
 
     family = "full"
-
-    def __init__(self, loc: torch.Tensor, scale_tril: torch.Tensor):
-        super().__init__(loc)
-        self._scale_tril = scale_tril  # (N, D, D)
+    factors = ("_scale_tril",)  # (N, D, D)
 
     @staticmethod
     def head_size(dim: int, rank: int) -> int:
@@ -57,9 +54,6 @@ class FullGaussian(GaussianPosterior):
 
     def trace(self):
         return self._scale_tril.pow(2).sum((-2, -1))
-
-    def _tensors(self):
-        return self.loc, self._scale_tril
 
     @property
     def scale_tril(self):

@@ -21,10 +21,8 @@ class LowRankGaussian(GaussianPosterior):
 
     family = "lowrank"
 
-    def __init__(self, loc: torch.Tensor, cov_factor: torch.Tensor, cov_diag: torch.Tensor):
-        super().__init__(loc)
-        self.cov_factor, self.cov_diag = cov_factor, cov_diag  # (N, D, R), (N, D)
-        self._capacitance = None  # (scaled factor (N, D, R), Cholesky of C (N, R, R)), built once
+    factors = ("cov_factor", "cov_diag")  # (N, D, R), (N, D)
+    _capacitance = None  # (scaled factor (N, D, R), Cholesky of C (N, R, R)), built once per object
 
     @staticmethod
     def head_size(dim: int, rank: int) -> int:
@@ -93,9 +91,6 @@ class LowRankGaussian(GaussianPosterior):
 
     def trace(self):
         return self.cov_factor.pow(2).sum((-2, -1)) + self.cov_diag.sum(-1)
-
-    def _tensors(self):
-        return self.loc, self.cov_factor, self.cov_diag
 
     @property
     def covariance_matrix(self):
