@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from vae.run.checkpoint import PRETRAINED
 
 SKIP = shutil.ignore_patterns(".git", ".ci-venv", ".venv", "venv", "checkpoints", "data", "build", "dist",
                               "__pycache__", "*.egg-info", ".pytest_cache", ".hypothesis", ".gpu", "runs", "out")
@@ -36,12 +37,12 @@ def run_installed(site: Path, args: list[str], cwd: Path) -> subprocess.Complete
 
 
 def test_the_shipped_model_is_package_data_found_from_another_folder(installed, fake_mnist, tmp_path):
-    assert (installed / "vae" / "pretrained" / "vae-full.pt").is_file()
+    assert (installed / "vae" / "pretrained" / PRETRAINED.name).is_file()
     result = run_installed(installed, [sys.executable, "-m", "vae.evaluate", "--k", "2", "--limit", "20",
                                        "--no-progress", "--data-dir", str(fake_mnist)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    saved = json.loads((tmp_path / "vae-full-eval-test-k2-limit20.json").read_text())
-    assert saved["checkpoint"] == "vae/pretrained/vae-full.pt" and saved["images"] == 20
+    saved = json.loads((tmp_path / f"{PRETRAINED.stem}-eval-test-k2-limit20.json").read_text())
+    assert saved["checkpoint"] == f"vae/pretrained/{PRETRAINED.name}" and saved["images"] == 20
     where = run_installed(installed, [sys.executable, "-c", "import vae; print(vae.__file__)"], cwd=tmp_path)
     assert Path(where.stdout.strip()).parent == installed / "vae"  # the installed copy ran, not the checkout
 

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -174,3 +176,16 @@ def test_bad_recipe_flags_are_one_line(tmp_path, flags, message):
     result = run_cli("train.py", *flags, "--out-dir", str(tmp_path))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
+
+
+def test_the_iwae_preset_reproduces_the_shipped_iwae_run():
+    """Every field that shapes the model or its training is the preset's; only where it ran differs."""
+    from vae.run.checkpoint import PRETRAINED_DIR, load_checkpoint
+
+    stored = load_checkpoint(PRETRAINED_DIR / "iwae-full.pt")["config"]
+    preset = preset_config({"preset": "results-iwae-full"})
+    where = {"init_from", "out_dir", "resume", "progress", "preset", "hidden"}  # hidden: a list in JSON
+    assert list(stored["hidden"]) == list(preset.hidden)
+    assert {k: v for k, v in stored.items() if k not in where} == {
+        k: v for k, v in dataclasses.asdict(preset).items() if k not in where and k in stored}
+    assert Path(stored["init_from"]).name == Path(preset.init_from).name == "vae-full.pt"

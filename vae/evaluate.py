@@ -44,22 +44,36 @@ from vae.model.objectives import log_weights
 from vae.run.checkpoint import PRETRAINED, PRETRAINED_DIR, CheckpointError, is_shipped, load_run
 from vae.run.files import WriteError, write_text_atomic
 
-__all__ = ["result_path", "portable_path", "importance_weighted_bounds", "evaluate_model",
+__all__ = ["result_path", "check_output_path", "portable_path", "importance_weighted_bounds", "evaluate_model",
            "main"]
 
 MAX_ROWS = 20_000  # images x samples decoded at once: bounds memory (~63 MB of logits)
 REPO = Path(__file__).resolve().parents[1]
 
 
-def result_path(checkpoint: Path, split: str, k: int, limit: Optional[int] = None, seed: int = 0) -> Path:
+def result_path(checkpoint: Path, split: str, k: int, limit: Optional[int] = None, seed: int = 0,
+                kind: str = "eval") -> Path:
     """The default JSON path: beside the checkpoint, or in the current folder for a shipped one.
 
     The name holds everything that changes the result: ``eval-test-k5000.json``,
     ``eval-test-k10-limit20.json``; a shipped checkpoint's stem comes first
-    (``model-eval-test-k5000.json``), so two shipped models do not collide.
+    (``model-eval-test-k5000.json``), so two shipped models do not collide. ``kind``
+    names the tool (``gaps`` for :mod:`vae.gaps`).
     """
-    name = f"eval-{split}-k{k}" + (f"-limit{limit}" if limit else "") + (f"-seed{seed}" if seed else "") + ".json"
+    name = f"{kind}-{split}-k{k}" + (f"-limit{limit}" if limit else "") + (f"-seed{seed}" if seed else "") + ".json"
     return Path(f"{checkpoint.stem}-{name}") if is_shipped(checkpoint) else checkpoint.parent / name
+
+
+def check_output_path(out: Path) -> None:
+    """Raise ``ValueError`` unless ``out`` can be written: not a folder, not in the shipped folder, a writable parent.
+
+    Checked before a long computation, so that its result is not lost.
+    """
+    if is_shipped(out):
+        raise ValueError(f"cannot write {out}: {PRETRAINED_DIR} holds the shipped models, which no command writes; "
+                         "choose another `out` (or run from another folder)")
+    if out.is_dir() or not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+        raise ValueError(f"`out` {out}: cannot write there")
 
 
 def portable_path(path: Path) -> str:
@@ -143,12 +157,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(err)
     checkpoint = Path(args.checkpoint) if args.checkpoint else PRETRAINED
     out = Path(args.out) if args.out else result_path(checkpoint, args.split, args.k, args.limit, args.seed)
-    if is_shipped(out):
-        parser.error(f"cannot write {out}: {PRETRAINED_DIR} holds the shipped models, which no "
-                     "command writes; choose another --out (or run from another folder)")
-    if out.is_dir() or not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
-        parser.error(f"--out {out}: cannot write there")  # checked before a long evaluation
     try:
+        check_output_path(out)  # before a long evaluation
         device = resolve_device(args.device)
         model, config, _ = load_run(checkpoint, map_location=device)
         split = load_split(config.dataset, args.data_dir or config.data_dir, train=args.split == "train",

@@ -36,7 +36,7 @@ import os
 import warnings
 from typing import Optional
 
-from vae.cli import ArgumentError, ArgumentParser, flag  # torch-free: a bad flag is answered before torch loads
+from vae.cli import ArgumentError, ArgumentParser, command_name, flag  # torch-free: a bad flag is answered before torch loads
 from vae.toy.problems import INITS, PROBLEMS, ToyConfig, make_problem
 
 __all__ = ["CONVERGED", "main", "run"]
@@ -58,7 +58,7 @@ def _png_path(out: Optional[str], problem: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="python -m vae.toy", description="Learn a Gaussian's covariance on a toy problem.")
+    parser = ArgumentParser(prog=command_name("vae.toy"), description="Learn a Gaussian's covariance on a toy problem.")
     parser.add_argument("problem", choices=tuple(PROBLEMS), help="which toy problem")
     for f in dataclasses.fields(ToyConfig)[1:]:
         meta = dict(f.metadata)

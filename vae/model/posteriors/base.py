@@ -70,10 +70,12 @@ class GaussianPosterior:
 
     @classmethod
     def project(cls, other: "GaussianPosterior", rank: int = 0) -> "GaussianPosterior":
-        """The member of this family nearest ``other``: the same means, a covariance of this family's form.
+        r"""The member of this family nearest ``other``: the same means, a covariance of this family's form.
 
-        Full: ``other``'s covariance itself. Diagonal: its marginal variances. Low rank: its top
-        ``rank`` principal directions, the rest averaged into the diagonal (probabilistic PCA).
+        Full: ``other``'s covariance itself. Diagonal: its conditional variances
+        :math:`1/(\Sigma^{-1})_{ii}`, the diagonal Gaussian nearest in :math:`\mathrm{KL}(q \| \text{other})`
+        (marginal variances would be wider, and far worse as a variational posterior). Low rank: its top
+        ``rank`` principal directions above the average of the others, plus the conditional variances.
         O(D³) per Gaussian: for starting points, never in the hot path.
         """
         raise NotImplementedError
@@ -94,9 +96,10 @@ class GaussianPosterior:
         with no_autocast(loc.device):
             eps = torch.randn(loc.shape[0], k, self.noise_dim(), device=loc.device, dtype=loc.dtype,
                               generator=generator)
-            return eps, self._transform(eps)
+            return eps, self.transform(eps)
 
-    def _transform(self, eps: torch.Tensor) -> torch.Tensor:
+    def transform(self, eps: torch.Tensor) -> torch.Tensor:
+        """The reparameterization of given noise ``eps (N, K, E)``: ``z = loc + factor(eps)`` ``(N, K, D)``."""
         raise NotImplementedError
 
     def log_prob_draws(self, eps: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -126,6 +129,10 @@ class GaussianPosterior:
         """The same Gaussians with every tensor detached (log q with its parameters held fixed)."""
         return type(self)(*(t.detach() for t in self._tensors()))
 
+    def __getitem__(self, index) -> "GaussianPosterior":
+        """The Gaussians at ``index`` (an int list, a slice or a mask over the N): the same family."""
+        return type(self)(*(t[index] for t in self._tensors()))
+
     def _tensors(self) -> tuple[torch.Tensor, ...]:
         return (self.loc, *(getattr(self, name) for name in self.factors))
 
@@ -138,6 +145,13 @@ class GaussianPosterior:
     def distribution(self) -> torch.distributions.Distribution:
         """The same Gaussians as a ``torch.distributions`` object (``log_prob``, ``rsample``, ``kl_divergence``)."""
         return torch.distributions.MultivariateNormal(self.loc, scale_tril=self.scale_tril)
+
+    def conditional_variance(self) -> torch.Tensor:
+        r""":math:`1 / (\Sigma^{-1})_{ii}`, the variance of each coordinate given the others, ``(N, D)``."""
+        scale_tril = self.scale_tril
+        eye = torch.eye(self.dim, dtype=scale_tril.dtype, device=scale_tril.device).expand_as(scale_tril)
+        inverse_factor = torch.linalg.solve_triangular(scale_tril, eye, upper=False)  # L^{-1}, outside the hot path
+        return 1.0 / inverse_factor.pow(2).sum(-2)  # diag(L^{-T} L^{-1}) = diag(Sigma^{-1})
 
     @property
     def covariance_matrix(self) -> torch.Tensor:

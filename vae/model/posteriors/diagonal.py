@@ -28,9 +28,9 @@ class DiagonalGaussian(GaussianPosterior):
 
     @classmethod
     def project(cls, other, rank=0):
-        return cls(other.loc, torch.diagonal(other.covariance_matrix, dim1=-2, dim2=-1).sqrt())
+        return cls(other.loc, other.conditional_variance().sqrt())
 
-    def _transform(self, eps):
+    def transform(self, eps):
         return torch.addcmul(self.loc.unsqueeze(1), eps, self.scale.unsqueeze(1))  # (N, K, D)
 
     def log_prob_draws(self, eps, z):

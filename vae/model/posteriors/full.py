@@ -38,7 +38,7 @@ class FullGaussian(GaussianPosterior):
     def project(cls, other, rank=0):
         return cls(other.loc, other.scale_tril)
 
-    def _transform(self, eps):
+    def transform(self, eps):
         return torch.baddbmm(self.loc.unsqueeze(1), eps, self._scale_tril.mT)  # (N, K, D)
 
     def log_prob_draws(self, eps, z):

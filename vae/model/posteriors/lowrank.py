@@ -54,9 +54,9 @@ class LowRankGaussian(GaussianPosterior):
         rest = values[..., : dim - rank].mean(-1, keepdim=True) if rank < dim else torch.zeros_like(values[..., :1])
         top = (values[..., dim - rank:] - rest).clamp_min(0)  # (N, R)
         factor = vectors[..., dim - rank:] * top.sqrt().unsqueeze(-2)  # (N, D, R)
-        residual = torch.diagonal(covariance, dim1=-2, dim2=-1) - factor.pow(2).sum(-1)  # (N, D)
         floor = (2 * DIAG_FLOOR) ** 2  # the positive map's floor, squared, with room
-        return cls(other.loc, factor, residual.clamp_min(floor))
+        diag = torch.minimum(other.conditional_variance(), rest)  # rest = 0 at full rank: W W^T alone is exact
+        return cls(other.loc, factor, diag.clamp_min(floor))
 
     @property
     def rank(self) -> int:
@@ -66,7 +66,7 @@ class LowRankGaussian(GaussianPosterior):
     def noise_dim(self):
         return self.rank + self.dim
 
-    def _transform(self, eps):
+    def transform(self, eps):
         low, diag = eps[..., : self.rank], eps[..., self.rank:]  # (N, K, R), (N, K, D)
         z = torch.baddbmm(self.loc.unsqueeze(1), low, self.cov_factor.mT)  # (N, K, D)
         return torch.addcmul(z, diag, self.cov_diag.sqrt().unsqueeze(1))
