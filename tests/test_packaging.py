@@ -47,7 +47,7 @@ def test_the_shipped_model_is_package_data_found_from_another_folder(installed, 
     assert Path(where.stdout.strip()).parent == installed / "vae"  # the installed copy ran, not the checkout
 
 
-@pytest.mark.parametrize("script", ["fullcov-train", "fullcov-evaluate", "fullcov-visualize", "fullcov-toy"])
+@pytest.mark.parametrize("script", ["fullcov-train", "fullcov-evaluate", "fullcov-visualize", "fullcov-toy", "fullcov-gaps"])
 def test_console_scripts_run_and_name_themselves(installed, tmp_path, script):
     path = installed / "bin" / script
     assert path.is_file()
