@@ -181,3 +181,25 @@ def test_lowrank_projection_is_exact_at_full_rank_and_keeps_the_top_directions()
     top = torch.linalg.eigh(reference.covariance_matrix)[1][..., -1]  # (N, D), the first principal direction
     direction = projected.cov_factor[..., 0] / projected.cov_factor[..., 0].norm(dim=-1, keepdim=True)
     torch.testing.assert_close((direction * top).sum(-1).abs(), torch.ones(N, **DOUBLE))
+
+
+def test_a_lowrank_run_end_to_end_trains_resumes_evaluates_and_draws_its_ellipses(fake_mnist, tmp_path):
+    from tests.conftest import run_cli
+
+    common = ["--out-dir", str(tmp_path), "--run-name", "lr", "--no-progress"]
+    first = run_cli("train.py", "--data-dir", str(fake_mnist), "--posterior", "lowrank", "--rank", "2",
+                    "--latent-dim", "2", "--hidden", "32", "--batch-size", "16", "--epochs", "1",
+                    "--diag-warmup", "0", "--device", "cpu", "--no-plots", *common)
+    assert first.returncode == 0, first.stderr
+    resumed = run_cli("train.py", "--resume", "--epochs", "2", "--plots", *common)  # draws the pictures this time
+    assert resumed.returncode == 0, resumed.stderr
+    assert (tmp_path / "lr" / "ellipses.png").read_bytes()[:4] == b"\x89PNG"
+    evaluated = run_cli("-m", "vae.evaluate", str(tmp_path / "lr" / "best.pt"), "--k", "4", "--no-progress")
+    assert evaluated.returncode == 0, evaluated.stderr
+    import vae
+
+    model = vae.load_model(tmp_path / "lr" / "last.pt")
+    assert model.family == "lowrank" and model.rank == 2
+    dist = model.posterior(torch.rand(3, 784))
+    assert isinstance(dist, LowRankMultivariateNormal) and dist.cov_factor.shape == (3, 2, 2)
+    assert dist.cov_factor.abs().max() > 0  # trained out of its diagonal start
