@@ -19,14 +19,13 @@ from vae.data import ImageSplit, batch_indices, binarize
 from vae.devices import accumulator_dtype, autocast
 from vae.model import VAE
 from vae.model.objectives import negative_elbo, training_loss
-from vae.run.distributed import Ranks, current
+from vae.run.distributed import Ranks, StopVote, current
 from vae.run.faults import step_fault
 from vae.run.signals import GracefulStop
 from vae.run.state import EpochResult, PartialEpoch
 from vae.schedules import kl_weight, learning_rate
 
-__all__ = ["NonFiniteLossError", "EVAL_NOISE_SEED", "PROGRESS_EVERY", "evaluate", "train_epoch", "agreed_stop",
-           "epoch_row"]
+__all__ = ["NonFiniteLossError", "EVAL_NOISE_SEED", "PROGRESS_EVERY", "evaluate", "train_epoch", "epoch_row"]
 
 EVAL_NOISE_SEED = 0  # the per-epoch test bound uses the same posterior noise every epoch
 PROGRESS_EVERY = 50  # steps between host syncs for the progress bar and the finiteness check
@@ -75,7 +74,8 @@ def train_epoch(
             before this epoch began.
         partial: the interrupted epoch to finish (its permutation is redrawn from
             ``partial.data_rng``, its first ``partial.batch`` batches skipped).
-        stop: once ``stop.signum`` is set (on any rank: they agree after every step), return after the current step.
+        stop: once ``stop.signum`` is set, return after the current step (under torchrun: once it is set on
+            any rank, all return after the same step, see :class:`vae.run.distributed.StopVote`).
         noise_gen: the generator of binarization draws (default ``data_gen``; a per-rank stream under torchrun).
         ranks: the processes that share each batch (default :func:`vae.run.distributed.current`); each takes
             its shard of every batch, and the losses are summed over them at each host sync.
@@ -85,6 +85,7 @@ def train_epoch(
     """
     fault = step_fault()  # a no-op unless a reliability test asks for a fault (vae.run.faults)
     ranks = current() if ranks is None else ranks
+    vote = StopVote(ranks, stop)  # under torchrun: the ranks agree on a stop after every step
     noise_gen = data_gen if noise_gen is None else noise_gen
     if partial is None:
         start_rng = data_gen.get_state()
@@ -126,7 +127,7 @@ def train_epoch(
             window.append(torch.stack([bound.loss.sum(), bound.recon.sum(), bound.kl.sum(), loss.detach()]))
         seen, done = seen + rows.numel(), i + 1
         fault.after_step(step + done, stop)
-        stopping = agreed_stop(stop, ranks) and done < len(batches)
+        stopping = vote.after_step() and done < len(batches)
         if done % PROGRESS_EVERY == 0 or done == len(batches) or stopping:
             # (W, 4): the bound at beta = 1, recon, KL, the surrogate; summed over the ranks
             steps = ranks.all_reduce_sum(torch.stack(window).to(sums.dtype))
@@ -146,20 +147,11 @@ def train_epoch(
         if stopping:
             break
     bar.close()
+    vote.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = (partial.seconds if partial else 0.0) + time.perf_counter() - start
     return EpochResult(sums, done, len(batches), seconds, start_rng, optimizer.param_groups[0]["lr"], beta)
-
-
-def agreed_stop(stop: Optional[GracefulStop], ranks: Ranks) -> bool:
-    """Whether to stop now: a signal reached any rank (all ranks agree, and ``stop.signum`` becomes the agreed one)."""
-    if stop is None:
-        return False
-    agreed = ranks.agreed_signal(stop.signum)
-    if agreed is not None:
-        stop.signum = agreed
-    return agreed is not None
 
 
 def epoch_row(epoch: int, step: int, result: EpochResult, n_images: int, test: dict[str, float]) -> dict:

@@ -21,12 +21,12 @@ from vae.cli import ArgumentError
 from vae.config import TrainConfig
 from vae.data import ImageSplit, evaluation_images, load_split
 from vae.devices import check_step_memory, resolve_device
-from vae.epoch import agreed_stop, epoch_row, evaluate, train_epoch
+from vae.epoch import epoch_row, evaluate, train_epoch
 from vae.model import VAE
 from vae.run.checkpoint import build_model, load_checkpoint, load_initial_weights, load_weights, save_checkpoint
 from vae.run.files import remove_stale_temporaries
 from vae.run.lock import holding, lock_run_folder
-from vae.run.distributed import Agreement, Ranks, current, rank_seed
+from vae.run.distributed import Agreement, Ranks, StopVote, current, rank_seed
 from vae.run.signals import GracefulStop, TrainingInterrupted
 from vae.run.state import (
     RunProgress, check_resume, checked_last, checkpoint_state, repair_run_folder, restore_run, rng_state,
@@ -263,5 +263,5 @@ def _run_epochs(run: _Run, log) -> None:
             log(f"epoch {epoch:3d}  train {row['train_loss']:8.3f}  test -ELBO {row['test_neg_elbo']:8.3f}  "
                 f"(recon {row['test_recon']:.2f}, KL {row['test_kl']:.2f})  "
                 f"{row['images_per_s']:,.0f} img/s  {result.seconds:.1f}s")
-            if agreed_stop(stop, ranks):
+            if StopVote(ranks, stop).now():
                 raise TrainingInterrupted(stop.signum, run.run_dir, f"after epoch {epoch}")

@@ -18,7 +18,7 @@ The rules the ranks follow:
   the gradient of the global batch's mean, even for an uneven last batch.
 - Dynamic binarization and posterior noise come from per-rank streams,
   seeded by :func:`rank_seed` from the run's seed and the rank.
-- Every decision is collective: a stop request (:meth:`Ranks.agreed_signal`),
+- Every decision is collective: a stop request (:class:`StopVote`),
   a non-finite loss (the losses are all-reduced), a failed start
   (:class:`Agreement`). A collective that cannot reach the other ranks within
   the timeout raises :class:`DistributedError`, one line.
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
 __all__ = [
-    "DistributedError", "PeerFailed", "Ranks", "Agreement", "from_env", "current",
+    "DistributedError", "PeerFailed", "Ranks", "StopVote", "Agreement", "from_env", "current",
     "process_group", "rank_seed",
 ]
 
@@ -236,6 +236,63 @@ class Ranks:
     def from_main(self, compute: Callable[[], Any]) -> Any:
         """``compute()`` on rank 0 only, its result on every rank."""
         return self.broadcast(compute() if self.is_main else None)
+
+
+class StopVote:
+    """The ranks' agreement to stop after a signal (:class:`vae.run.signals.GracefulStop`), checked every step.
+
+    After each step every rank starts an exchange of its signal (an all-reduce
+    of one number, in the background) and reads the outcome of the previous
+    step's exchange, so the exchange costs no waiting. All ranks read the same
+    outcomes after the same steps, so they stop after the same step: the one
+    after the step at which the first rank had the signal. On one process it
+    is the signal itself, at once. The agreed signal becomes every rank's
+    ``stop.signum``.
+    """
+
+    def __init__(self, ranks: Ranks, stop) -> None:
+        self.ranks, self.stop = ranks, stop
+        self._pending = None  # (work, flag) of the exchange in flight
+
+    def after_step(self) -> bool:
+        """Whether to stop now (agreed); starts this step's exchange unless stopping."""
+        if self.stop is None:
+            return False
+        if not self.ranks.distributed:
+            return self.stop.signum is not None
+        if self._adopt(self._finish()):
+            return True
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([self.stop.signum or 0], dtype=torch.int32)  # on the CPU: gloo, no device sync
+        with self.ranks.communicating():
+            self._pending = (dist.all_reduce(flag, op=dist.ReduceOp.MAX, async_op=True), flag)
+        return False
+
+    def now(self) -> bool:
+        """Whether any rank has had a signal by now (agreed, waiting for the exchange): between epochs."""
+        if self.stop is None:
+            return False
+        self._finish()
+        return self._adopt(self.ranks.agreed_signal(self.stop.signum))
+
+    def close(self) -> None:
+        """Wait for the exchange in flight (its outcome is left to the next :meth:`now`)."""
+        self._finish()
+
+    def _finish(self) -> Optional[int]:
+        if self._pending is None:
+            return None
+        (work, flag), self._pending = self._pending, None
+        with self.ranks.communicating():
+            work.wait()
+        return int(flag) or None
+
+    def _adopt(self, agreed: Optional[int]) -> bool:
+        if agreed is not None:
+            self.stop.signum = agreed
+        return agreed is not None
 
 
 class Agreement:
