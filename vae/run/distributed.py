@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import hashlib
 import os
 import re
@@ -133,7 +134,12 @@ class Ranks:
         return per_row.sum() * (self.world_size / batch_rows)
 
     def wrap(self, model):
-        """``model`` under DistributedDataParallel (its attributes reachable as before); itself on one process."""
+        """``model`` under DistributedDataParallel (its attributes reachable as before); itself on one process.
+
+        Hold the result while training (DDP averages the gradients only while it lives) and drop it
+        before :func:`process_group` ends, which collects it before leaving the group: a DDP reducer
+        that outlives its process group aborts the process at exit (``terminate called ...``).
+        """
         if not self.distributed:
             return model
         from torch.nn.parallel import DistributedDataParallel
@@ -373,5 +379,6 @@ def process_group(ranks: Ranks, timeout: float) -> Iterator[Ranks]:
         yield ranks
     finally:
         _joined = None
+        gc.collect()  # the DDP reducers dropped by now go before the group they use (see Ranks.wrap)
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
