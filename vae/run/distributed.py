@@ -58,10 +58,22 @@ def rank_seed(seed: int, rank: int, stream: str) -> int:
     return int.from_bytes(digest, "big") >> 1
 
 
-def _is_communication_error(err: BaseException) -> bool:
-    import torch.distributed as dist
+def _dist():
+    """``torch.distributed``, imported when first needed (this module loads without torch)."""
+    import torch.distributed
 
-    return isinstance(err, dist.DistError) or any(text in str(err) for text in _COMMUNICATION)
+    return torch.distributed
+
+
+def _flag(signum: Optional[int]):
+    """A signal number as a CPU tensor (an exchange on gloo, never a device sync); 0 for none."""
+    import torch
+
+    return torch.tensor([signum or 0], dtype=torch.int32)
+
+
+def _is_communication_error(err: BaseException) -> bool:
+    return isinstance(err, _dist().DistError) or any(text in str(err) for text in _COMMUNICATION)
 
 
 def _first_line(err: BaseException) -> str:
@@ -171,57 +183,36 @@ class Ranks:
     def all_reduce_sum(self, tensor):
         """The sum of ``tensor`` over the ranks (in place; returned)."""
         if self.distributed:
-            import torch.distributed as dist
-
-            with self.communicating():
-                dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            self._call("all_reduce", tensor, op=_dist().ReduceOp.SUM)
         return tensor
-
-    def agreed_signal(self, signum: Optional[int]) -> Optional[int]:
-        """The stop signal any rank has received (the highest number), the same on every rank; None if none."""
-        if not self.distributed:
-            return signum
-        import torch
-
-        flag = torch.tensor([signum or 0], dtype=torch.int32)  # on the CPU: gloo, never a device sync
-        with self.communicating():
-            import torch.distributed as dist
-
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag) or None
 
     def gather(self, value: Any) -> Optional[list]:
         """Every rank's ``value`` on rank 0, in rank order (None on the others)."""
         if not self.distributed:
             return [value]
-        import torch.distributed as dist
-
         values = [None] * self.world_size if self.is_main else None
-        with self.communicating():
-            dist.gather_object(value, values, dst=0)
+        self._call("gather_object", value, values, dst=0)
         return values
 
     def all_gather(self, value: Any) -> list:
         """Every rank's ``value`` on every rank, in rank order."""
+        values = [None] * self.world_size
         if not self.distributed:
             return [value]
-        import torch.distributed as dist
-
-        values = [None] * self.world_size
-        with self.communicating():
-            dist.all_gather_object(values, value)
+        self._call("all_gather_object", values, value)
         return values
 
     def broadcast(self, value: Any) -> Any:
         """Rank 0's ``value`` on every rank (the others' ``value`` is ignored)."""
-        if not self.distributed:
-            return value
-        import torch.distributed as dist
-
         box = [value if self.is_main else None]
-        with self.communicating():
-            dist.broadcast_object_list(box, src=0)
+        if self.distributed:
+            self._call("broadcast_object_list", box, src=0)
         return box[0]
+
+    def _call(self, name: str, *args, **kwargs):
+        """``torch.distributed.<name>(...)``; a failed exchange raises :class:`DistributedError`."""
+        with self.communicating():
+            return getattr(_dist(), name)(*args, **kwargs)
 
     def outlive_main(self) -> None:
         """On a rank other than 0 leaving with an error: return once rank 0 has left (or after the timeout).
@@ -233,11 +224,8 @@ class Ranks:
         """
         if not self.distributed or self.is_main:
             return
-        import torch
-        import torch.distributed as dist
-
         with contextlib.suppress(RuntimeError):
-            dist.all_reduce(torch.zeros(1))  # on the CPU: gloo, whatever the device
+            _dist().all_reduce(_flag(None))  # on the CPU: gloo, whatever the device
 
     def from_main(self, compute: Callable[[], Any]) -> Any:
         """``compute()`` on rank 0 only, its result on every rank."""
@@ -268,20 +256,20 @@ class StopVote:
             return self.stop.signum is not None
         if self._adopt(self._finish()):
             return True
-        import torch
-        import torch.distributed as dist
-
-        flag = torch.tensor([self.stop.signum or 0], dtype=torch.int32)  # on the CPU: gloo, no device sync
-        with self.ranks.communicating():
-            self._pending = (dist.all_reduce(flag, op=dist.ReduceOp.MAX, async_op=True), flag)
+        flag = _flag(self.stop.signum)
+        self._pending = (self.ranks._call("all_reduce", flag, op=_dist().ReduceOp.MAX, async_op=True), flag)
         return False
 
     def now(self) -> bool:
         """Whether any rank has had a signal by now (agreed, waiting for the exchange): between epochs."""
         if self.stop is None:
             return False
+        if not self.ranks.distributed:
+            return self.stop.signum is not None
         self._finish()
-        return self._adopt(self.ranks.agreed_signal(self.stop.signum))
+        flag = _flag(self.stop.signum)
+        self.ranks._call("all_reduce", flag, op=_dist().ReduceOp.MAX)
+        return self._adopt(int(flag) or None)
 
     def close(self) -> None:
         """Wait for the exchange in flight (its outcome is left to the next :meth:`now`)."""
@@ -343,9 +331,7 @@ def from_env(environ: Optional[dict] = None) -> Ranks:
 
 def current() -> Ranks:
     """The ranks of the process group this process joined with :func:`process_group`; one process otherwise."""
-    if _joined is not None:
-        return _joined
-    return Ranks()
+    return _joined or Ranks()
 
 
 _joined: Optional[Ranks] = None
@@ -363,8 +349,8 @@ def process_group(ranks: Ranks, timeout: float) -> Iterator[Ranks]:
         yield ranks
         return
     import torch
-    import torch.distributed as dist
 
+    dist = _dist()
     ranks = Ranks(ranks.rank, ranks.local_rank, ranks.world_size, ranks.local_world_size, float(timeout))
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
     try:
