@@ -140,15 +140,16 @@ def _start(config: TrainConfig, log, resume_state: Optional[dict[str, Any]], ran
             log(f"note: `amp` applies to CUDA only; training in float32 on {device.type}")
         initial = load_initial_weights(config) if config.init_from and not config.resume else None  # before the data
         data = _load_data(config, device) if ranks.is_main else None
+    read_here = config.resume and resume_state is None  # the same on every rank
     with Agreement(ranks):
         train_data, test_x = data or _load_data(config, device)
         model, data_gen, noise_gen = _build_model(config, train_data, initial, device, ranks)
         optimizer = make_optimizer(model, config, device)
         if ranks.is_main:
             _open_run_folder(config, run_dir)
-            if config.resume and resume_state is None:
+            if read_here:
                 resume_state = load_checkpoint(last)  # on the CPU: the RNG states must stay there
-    if config.resume and resume_state is None:  # a caller that read last.pt did so on every rank
+    if read_here:  # rank 0 read it under its lock; a caller that read it did so on every rank
         resume_state = ranks.broadcast(resume_state)
     progress = RunProgress()
     with Agreement(ranks):

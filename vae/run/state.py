@@ -217,7 +217,7 @@ def _processes(n: int) -> str:
 
 
 def _launch(n: int) -> str:
-    return "plain python, no torchrun" if n == 1 else f"torchrun and {n} processes in all"
+    return "no torchrun" if n == 1 else f"torchrun and {n} processes in all"
 
 
 def rng_state(device: torch.device, data_gen: torch.Generator, noise_gen: Optional[torch.Generator] = None) -> dict:
