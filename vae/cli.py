@@ -99,7 +99,17 @@ def command_name(module: str) -> str:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """An argparse parser whose usage errors are one line on stderr and exit code 2."""
+    """An argparse parser whose usage errors are one line on stderr and exit code 2.
+
+    With ``quiet`` set it prints nothing (help, usage errors, :meth:`fail`) and exits the same
+    way: another process of the same job prints it (the ranks other than 0 under torchrun).
+    """
+
+    quiet = False
+
+    def _print_message(self, message: str, file=None) -> None:
+        if not self.quiet:
+            super()._print_message(message, file)
 
     def error(self, message: typing.Union[str, Exception]) -> typing.NoReturn:
         """A usage error: one line, exit code 2. An :class:`ArgumentError` is shown with its flag."""
@@ -109,7 +119,8 @@ class ArgumentParser(argparse.ArgumentParser):
     def fail(self, message: object) -> int:
         """A runtime failure (a broken checkpoint, a full disk): one line on stderr; returns exit code 1."""
         lines = as_flags(str(message)).splitlines() or [""]
-        print(f"{self.prog}: error: {lines[0]}", file=sys.stderr)
+        if not self.quiet:
+            print(f"{self.prog}: error: {lines[0]}", file=sys.stderr)
         return 1
 
 

@@ -118,6 +118,9 @@ class TrainConfig:
     grad_clip: typing.Optional[float] = _knob(None, "clip the gradient's global norm to this value")
     eval_batch_size: int = _knob(1000, "batch size of the per-epoch test evaluation")
     device: str = _knob("auto", "where to train", DEVICES)
+    dist_timeout: float = _knob(
+        120.0, "under torchrun: seconds a process waits for the others (to join, or at any exchange) before it fails"
+    )
     amp: bool = _knob(False, "bf16 autocast on CUDA (covariance maths stays float32)")
     compile: bool = _knob(False, "torch.compile the model")
     seed: int = _knob(0, "random seed")
@@ -147,7 +150,7 @@ class TrainConfig:
             raise ArgumentError("limit", f"must be a positive integer, got {self.limit}")
         check_seed(self.seed)
         check_run_name(self.run_name)
-        for name in ("lr", "adam_eps"):
+        for name in ("lr", "adam_eps", "dist_timeout"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ArgumentError(name, f"must be a positive finite number, got {value}")

@@ -19,6 +19,7 @@ from vae.data import ImageSplit, batch_indices, binarize
 from vae.devices import accumulator_dtype, autocast
 from vae.model import VAE
 from vae.model.objectives import negative_elbo, training_loss
+from vae.run.distributed import Ranks, StopVote, current
 from vae.run.faults import step_fault
 from vae.run.signals import GracefulStop
 from vae.run.state import EpochResult, PartialEpoch
@@ -62,6 +63,7 @@ def train_epoch(
     model: VAE, step_model, optimizer: torch.optim.Optimizer, data: ImageSplit, config: TrainConfig,
     device: torch.device, data_gen: torch.Generator, epoch: int = 1, step: int = 0,
     partial: Optional[PartialEpoch] = None, stop: Optional[GracefulStop] = None,
+    noise_gen: Optional[torch.Generator] = None, ranks: Optional[Ranks] = None,
 ) -> EpochResult:
     """One pass over the training set in shuffled batches, or the rest of an interrupted one.
 
@@ -72,12 +74,19 @@ def train_epoch(
             before this epoch began.
         partial: the interrupted epoch to finish (its permutation is redrawn from
             ``partial.data_rng``, its first ``partial.batch`` batches skipped).
-        stop: once ``stop.signum`` is set, return after the current step.
+        stop: once ``stop.signum`` is set, return after the current step (under torchrun: once it is set on
+            any rank, all return after the same step, see :class:`vae.run.distributed.StopVote`).
+        noise_gen: the generator of binarization draws (default ``data_gen``; a per-rank stream under torchrun).
+        ranks: the processes that share each batch (default :func:`vae.run.distributed.current`); each takes
+            its shard of every batch, and the losses are summed over them at each host sync.
 
     Raises:
         NonFiniteLossError: a step's loss was NaN or Inf.
     """
     fault = step_fault()  # a no-op unless a reliability test asks for a fault (vae.run.faults)
+    ranks = current() if ranks is None else ranks
+    vote = StopVote(ranks, stop)  # under torchrun: the ranks agree on a stop after every step
+    noise_gen = data_gen if noise_gen is None else noise_gen
     if partial is None:
         start_rng = data_gen.get_state()
         batches = list(batch_indices(len(data), config.batch_size, data_gen, device))  # the epoch's permutation
@@ -92,34 +101,36 @@ def train_epoch(
     window = []  # per-step sums since the last host sync, on the device
     done_images = min(first * config.batch_size, len(data))
     bar = tqdm(total=len(data), initial=done_images, desc=f"epoch {epoch}/{config.epochs}", unit="img",
-               disable=not config.progress, leave=False, dynamic_ncols=True)
+               disable=not (config.progress and ranks.is_main), leave=False, dynamic_ncols=True)
     seen, start, done = 0, time.perf_counter(), first
     total_steps = config.epochs * len(batches)
     beta = 1.0
     for i in range(first, len(batches)):
         rows = batches[i]
-        x = data.images[rows]  # (B, 784)
+        x = data.images[ranks.shard(rows)]  # (B, 784); under torchrun this rank's (B / N, 784)
         if config.binarize == "dynamic":
-            x = binarize(x, data_gen)
+            x = binarize(x, noise_gen)
         beta = kl_weight(step + i, config.kl_warmup, len(batches))
         if config.lr_schedule != "constant":
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config.lr_schedule, config.lr, step + i, total_steps)
         with autocast(device, config.amp):
             surrogate, bound = training_loss(step_model, x, config.objective, config.k, config.estimator, beta)
-        loss = fault.loss(step + i + 1, surrogate.mean())
+        loss = fault.loss(step + i + 1, ranks.mean(surrogate, rows.numel()))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with ranks.communicating():  # DistributedDataParallel averages the gradients here
+            loss.backward()
         if config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         with torch.no_grad():  # kept on the device: no host sync inside the step
             window.append(torch.stack([bound.loss.sum(), bound.recon.sum(), bound.kl.sum(), loss.detach()]))
         seen, done = seen + rows.numel(), i + 1
-        fault.after_step(step + done)
-        stopping = stop is not None and stop.signum is not None and done < len(batches)
+        fault.after_step(step + done, stop)
+        stopping = vote.after_step() and done < len(batches)
         if done % PROGRESS_EVERY == 0 or done == len(batches) or stopping:
-            steps = torch.stack(window).to(sums.dtype)  # (W, 4): the bound at beta = 1, recon, KL, the surrogate
+            # (W, 4): the bound at beta = 1, recon, KL, the surrogate; summed over the ranks
+            steps = ranks.all_reduce_sum(torch.stack(window).to(sums.dtype))
             window.clear()
             bad = (~torch.isfinite(steps[:, [0, 3]]).all(1)).nonzero()
             if len(bad):
@@ -136,6 +147,7 @@ def train_epoch(
         if stopping:
             break
     bar.close()
+    vote.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = (partial.seconds if partial else 0.0) + time.perf_counter() - start

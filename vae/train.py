@@ -4,8 +4,11 @@
     python train.py --dataset mnist --latent-dim 2   # a latent space you can look at
     python train.py --resume --run-name NAME         # continue a run from its last.pt
     python train.py --preset results-vae-full        # a results run of docs/RESULTS.md
+    torchrun --standalone --nproc-per-node 2 train.py --dataset mnist   # one model, 2 processes (DDP)
 
-Every flag is a field of :class:`vae.config.TrainConfig`. Exit codes: 0 done;
+Every flag is a field of :class:`vae.config.TrainConfig`. Under torchrun
+(:mod:`vae.run.distributed`) rank 0 alone prints, locks and writes the run
+folder; a rank that loses the others says so in one line. Exit codes: 0 done;
 1 a checkpoint that cannot be used, a diverged loss or a failed write; 2 a
 bad flag, output folder or dataset, or a run folder in which another process
 is training; 130 / 143 stopped by SIGINT / SIGTERM
@@ -20,6 +23,7 @@ from typing import Optional
 
 from vae.cli import ArgumentParser, as_flags, command_name
 from vae.config import TrainConfig, add_config_args, preset_config
+from vae.run.distributed import from_env
 from vae.run.lock import RunFolderBusy, holding, lock_run_folder
 
 __all__ = ["build_parser", "resume_command", "main"]
@@ -35,9 +39,17 @@ def build_parser(suppress_defaults: bool = False, prog: Optional[str] = None) ->
     return parser
 
 
-def resume_command(prog: str, out_dir: str, run_name: str) -> str:
-    """The shell command that continues the run ``out_dir/run_name``, for the command ``prog`` that trained it."""
-    command = f"python {prog}" if prog.endswith(".py") else prog
+def resume_command(prog: str, out_dir: str, run_name: str, launcher: Optional[str] = None) -> str:
+    """The shell command that continues the run ``out_dir/run_name``, for the command ``prog`` that trained it.
+
+    ``launcher``: the torchrun prefix that started it (:meth:`vae.run.distributed.Ranks.launcher`), if any.
+    """
+    if launcher is None:
+        command = f"python {prog}" if prog.endswith(".py") else prog
+    elif prog.endswith(".py") or prog.startswith("python -m "):
+        command = f"{launcher} {prog.removeprefix('python ')}"
+    else:  # a console script such as fullcov-train
+        command = f"{launcher} --no-python {prog}"
     return f"{command} --resume --out-dir {shlex.quote(str(out_dir))} --run-name {shlex.quote(run_name)}"
 
 
@@ -46,40 +58,76 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> int:
 
     ``prog`` names the command in messages (default: how it was started, e.g. ``fullcov-train``).
     """
+    ranks = from_env()  # torchrun's ranks, read before torch loads; one process without torchrun
     parser = build_parser(prog=prog or command_name("vae.train"))
+    parser.quiet = not ranks.is_main  # rank 0 answers for all (every rank parses the same flags)
     parser.parse_args(argv)  # --help, and usage errors, with the defaults shown
     explicit = vars(build_parser(suppress_defaults=True).parse_args(argv))  # the flags given
     try:  # before importing torch: a bad flag or output folder is answered at once
         config = preset_config(explicit)
         config.validate()
-        config.check_run_dir()
+        if ranks.is_main:  # the run folder is rank 0's alone
+            config.check_run_dir()
     except ValueError as err:
         parser.error(err)  # one line, exit code 2
 
-    from vae.devices import resolve_device
-    from vae.run.checkpoint import CheckpointError
-    from vae.run.state import resume_config
+    from vae.run.distributed import DistributedError, process_group
 
     with holding():  # the run folder's lock lasts until the pictures are written too
-        state = None
         try:
-            if config.resume and config.check_run_dir().is_dir():  # lock it before reading its last.pt, once
-                lock_run_folder(config.check_run_dir())
-            if config.resume:
+            with process_group(ranks, config.dist_timeout) as ranks:
+                try:
+                    code = _resume_train_and_draw(parser, config, explicit, ranks)
+                except DistributedError as err:  # caught here, so that nothing of the run outlives the group
+                    return _lost(parser, err)
+                if code:
+                    ranks.outlive_main()  # rank 0 reports the failure, or saves after a stop: let it finish
+                return code
+        except DistributedError as err:  # could not join
+            return _lost(parser, err)
+
+
+def _lost(parser: ArgumentParser, err: Exception) -> int:
+    """This rank's own news of the others (printed by every rank that has it): exit code 1."""
+    print(f"{parser.prog}: error: {as_flags(str(err))}", file=sys.stderr)
+    return 1
+
+
+def _resume_train_and_draw(parser: ArgumentParser, config: TrainConfig, explicit: dict, ranks) -> int:
+    """Rank 0 locks the run folder and reads its ``last.pt`` (``--resume``), every rank gets it; then train."""
+    from vae.devices import resolve_device
+    from vae.run.checkpoint import CheckpointError
+    from vae.run.distributed import Agreement, PeerFailed
+    from vae.run.state import resume_config
+
+    state = None
+    try:
+        with Agreement(ranks):
+            if ranks.is_main and config.resume and config.check_run_dir().is_dir():
+                lock_run_folder(config.check_run_dir())  # lock it before reading its last.pt, once
+            if ranks.is_main and config.resume:
                 config, state = resume_config(config, set(explicit))
             config.validate()
             resolve_device(config.device)
-        except (ValueError, RunFolderBusy) as err:
-            parser.error(err)
-        except CheckpointError as err:
-            return parser.fail(err)
-        return _train_and_draw(parser, config, state)
+    except (ValueError, RunFolderBusy) as err:
+        return _usage_error(parser, err)
+    except CheckpointError as err:
+        return parser.fail(err)
+    except PeerFailed:  # rank 0 said why
+        return 1
+    if config.resume:
+        config, state = ranks.broadcast((config, state))  # what rank 0 read, for every rank
+    return _train_and_draw(parser, config, state, ranks)
 
 
-def _train_and_draw(parser: ArgumentParser, config: TrainConfig, state: Optional[dict] = None) -> int:
-    """Run ``train(config)`` (resuming from ``state``, ``last.pt`` already read), then draw the pictures."""
+def _train_and_draw(parser: ArgumentParser, config: TrainConfig, state: Optional[dict], ranks) -> int:
+    """Run ``train(config)`` (resuming from ``state``, ``last.pt`` already read), then draw the pictures (rank 0).
+
+    ``ranks``: the :class:`vae.run.distributed.Ranks` this process is one of.
+    """
     from vae.data import DataError
     from vae.run.checkpoint import CheckpointError
+    from vae.run.distributed import PeerFailed
     from vae.run.files import WriteError
     from vae.epoch import NonFiniteLossError
     from vae.run.signals import TrainingInterrupted
@@ -88,20 +136,26 @@ def _train_and_draw(parser: ArgumentParser, config: TrainConfig, state: Optional
     try:
         run_dir = train(config, log=lambda line: print(as_flags(line)), resume_state=state)
     except (ValueError, DataError, RunFolderBusy) as err:  # a bad flag or output folder, missing data, a busy folder
-        parser.error(err)
+        return _usage_error(parser, err)
     except (CheckpointError, NonFiniteLossError) as err:
         return parser.fail(err)
+    except PeerFailed:  # another rank failed to start, and said why
+        return 1
     except WriteError as err:  # a full disk, say: each write is atomic, so every file there is whole
         return parser.fail(f"{err}; the files already in the run folder are intact")
     except OSError as err:
         return parser.fail(f"cannot write the run: {err}")
     except TrainingInterrupted as err:
-        print(f"{parser.prog}: {err}; resume with: {resume_command(parser.prog, config.out_dir, err.run_dir.name)}",
-              file=sys.stderr)
+        if ranks.is_main:
+            command = resume_command(parser.prog, config.out_dir, err.run_dir.name, ranks.launcher())
+            print(f"{parser.prog}: {err}; resume with: {command}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:  # Ctrl-C before training began: nothing to save
-        print(f"{parser.prog}: interrupted before training began; nothing was saved", file=sys.stderr)
+        if ranks.is_main:
+            print(f"{parser.prog}: interrupted before training began; nothing was saved", file=sys.stderr)
         return 130
+    if not ranks.is_main:
+        return 0
     if config.plots:
         from vae.visualize import write_run_pictures
 
@@ -112,6 +166,14 @@ def _train_and_draw(parser: ArgumentParser, config: TrainConfig, state: Optional
             return parser.fail(f"training finished, but the pictures could not be written: {err}")
     print(f"run folder: {run_dir}")
     return 0
+
+
+def _usage_error(parser: ArgumentParser, err: Exception) -> int:
+    """``parser.error(err)`` (one line, on rank 0), returning its exit code 2 instead of exiting."""
+    try:
+        parser.error(err)
+    except SystemExit as exit_:
+        return exit_.code
 
 
 if __name__ == "__main__":

@@ -26,13 +26,14 @@ from vae.model import VAE
 from vae.run.checkpoint import build_model, load_checkpoint, load_initial_weights, load_weights, save_checkpoint
 from vae.run.files import remove_stale_temporaries
 from vae.run.lock import holding, lock_run_folder
+from vae.run.distributed import Agreement, Ranks, StopVote, current, rank_seed
 from vae.run.signals import GracefulStop, TrainingInterrupted
 from vae.run.state import (
-    RunProgress, check_resume, checked_last, checkpoint_state, repair_run_folder, restore_run, write_config,
-    write_metrics,
+    RunProgress, check_resume, checked_last, checkpoint_state, repair_run_folder, restore_run, rng_state,
+    write_config, write_metrics,
 )
 
-__all__ = ["DATA_SEED_OFFSET", "make_optimizer", "init_output_bias", "train"]
+__all__ = ["DATA_SEED_OFFSET", "make_optimizer", "init_output_bias", "check_batch_split", "train"]
 
 DATA_SEED_OFFSET = 0x5EED  # the data generator's seed is the run's seed plus this
 PIXEL_MEAN_CLAMP = 1e-3  # the output bias's mean intensities are clamped to [c, 1 - c]: finite logits
@@ -77,10 +78,16 @@ def train(config: TrainConfig, log=print, resume_state: Optional[dict[str, Any]]
         NonFiniteLossError: the loss diverged; nothing was saved for that epoch.
         TrainingInterrupted: SIGINT or SIGTERM; ``last.pt`` holds the state after the last step.
     """
+    ranks = current()
+    log = log if ranks.is_main else _quiet
     with holding():
-        run = _start(config, log, resume_state)
+        run = _start(config, log, resume_state, ranks)
         _run_epochs(run, log)
         return run.run_dir
+
+
+def _quiet(*_) -> None:
+    """The log of ranks other than 0."""
 
 
 @dataclass
@@ -94,46 +101,92 @@ class _Run:
     step_model: Any  # the model, or its torch.compile'd twin
     optimizer: torch.optim.Optimizer
     data_gen: torch.Generator
+    noise_gen: torch.Generator  # binarization: data_gen on one process, a per-rank stream under torchrun
+    ranks: Ranks
     train_data: ImageSplit
     test_x: torch.Tensor
     progress: RunProgress
 
     def save(self, path: Path) -> None:
-        """Write the checkpoint to ``path``; after ``last.pt``, ``config.json`` (they agree, see vae.run.state)."""
+        """Write ``path`` (and, with ``last.pt``, ``config.json``: they agree, see vae.run.state) on rank 0.
+
+        Every rank takes part: rank 0 gathers their RNG states.
+        """
+        rank_rng = self.ranks.gather(rng_state(self.device, self.data_gen, self.noise_gen))
+        if not self.ranks.is_main:
+            return
         save_checkpoint(checkpoint_state(self.model, self.optimizer, self.config, self.progress, self.device,
-                                         self.data_gen), path)
+                                         self.data_gen, rank_rng), path)
         if path.name == "last.pt":
             write_config(self.run_dir, dataclasses.asdict(self.config))
 
 
-def _start(config: TrainConfig, log, resume_state: Optional[dict[str, Any]]) -> _Run:
-    """Check the run, load the data, build the model, and open (or resume) the run folder."""
-    config.validate()
-    device = resolve_device(config.device)
-    check_step_memory(config, device)  # before the data: a --k or --batch-size far too large
-    run_dir = config.check_run_dir()
-    last = checked_last(config, run_dir)
-    if config.amp and device.type != "cuda":
-        log(f"note: `amp` applies to CUDA only; training in float32 on {device.type}")
-    initial = load_initial_weights(config) if config.init_from and not config.resume else None  # before the data
+def _start(config: TrainConfig, log, resume_state: Optional[dict[str, Any]], ranks: Ranks) -> _Run:
+    """Check the run, load the data, build the model, and open (or resume) the run folder.
+
+    Under torchrun every rank checks and builds; rank 0 alone loads the data first (it may
+    download it), opens the run folder and reads ``last.pt``; each stage ends in an
+    :class:`~vae.run.distributed.Agreement`, so a failure on any rank stops them all.
+    """
+    with Agreement(ranks):
+        config.validate()
+        check_batch_split(config.batch_size, ranks.world_size)
+        device = ranks.device(resolve_device(config.device))
+        per_process = dataclasses.replace(config, batch_size=config.batch_size // ranks.world_size)
+        check_step_memory(per_process if device.type == "cuda" else config, device)  # before the data
+        run_dir = config.check_run_dir()
+        last = checked_last(config, run_dir) if ranks.is_main else run_dir / "last.pt"
+        if config.amp and device.type != "cuda":
+            log(f"note: `amp` applies to CUDA only; training in float32 on {device.type}")
+        initial = load_initial_weights(config) if config.init_from and not config.resume else None  # before the data
+        data = _load_data(config, device) if ranks.is_main else None
+    read_here = config.resume and resume_state is None  # the same on every rank
+    with Agreement(ranks):
+        train_data, test_x = data or _load_data(config, device)
+        model, data_gen, noise_gen = _build_model(config, train_data, initial, device, ranks)
+        optimizer = make_optimizer(model, config, device)
+        if ranks.is_main:
+            _open_run_folder(config, run_dir)
+            if read_here:
+                resume_state = load_checkpoint(last)  # on the CPU: the RNG states must stay there
+    if read_here:  # rank 0 read it under its lock; a caller that read it did so on every rank
+        resume_state = ranks.broadcast(resume_state)
+    progress = RunProgress()
+    with Agreement(ranks):
+        if config.resume:
+            progress = _resume(config, run_dir, last, resume_state, model, optimizer, device, data_gen, noise_gen,
+                               ranks, log)
+        elif ranks.is_main:  # a resumed run's config.json follows its last.pt, see _Run.save
+            write_config(run_dir, dataclasses.asdict(config))
+    step_model = ranks.wrap(model)  # DistributedDataParallel under torchrun
+    step_model = torch.compile(step_model) if config.compile else step_model
+    return _Run(config, device, run_dir, model, step_model, optimizer, data_gen, noise_gen, ranks, train_data, test_x,
+                progress)
+
+
+def check_batch_split(batch_size: int, world_size: int) -> None:
+    """Refuse a global batch that the ``world_size`` processes cannot share evenly."""
+    if batch_size % world_size:
+        raise ArgumentError("batch_size", f"{batch_size} is the global batch, shared by the {world_size} processes; "
+                                          f"pass a multiple of {world_size}")
+
+
+def _load_data(config: TrainConfig, device: torch.device) -> tuple[ImageSplit, torch.Tensor]:
+    """The training split and the evaluation images, on ``device``."""
     train_data = load_split(config.dataset, config.data_dir, True, config.limit, device)
     test_x = evaluation_images(load_split(config.dataset, config.data_dir, False, None, device).images,
                                config.binarize)
-    model, data_gen = _build_model(config, train_data, initial, device)
-    optimizer = make_optimizer(model, config, device)
-    _open_run_folder(config, run_dir)
-    progress = RunProgress()
-    if config.resume:
-        progress = _resume(config, run_dir, last, resume_state, model, optimizer, device, data_gen, log)
-    else:  # a resumed run's config.json follows its last.pt, see _Run.save
-        write_config(run_dir, dataclasses.asdict(config))
-    step_model = torch.compile(model) if config.compile else model
-    return _Run(config, device, run_dir, model, step_model, optimizer, data_gen, train_data, test_x, progress)
+    return train_data, test_x
 
 
 def _build_model(config: TrainConfig, train_data: ImageSplit, initial: Optional[dict], device: torch.device,
-                 ) -> tuple[VAE, torch.Generator]:
-    """The seeded model on ``device`` (a fine-tune's start loaded), and the data generator."""
+                 ranks: Ranks) -> tuple[VAE, torch.Generator, torch.Generator]:
+    """The seeded model on ``device`` (a fine-tune's start loaded), the data generator and the binarization one.
+
+    One process binarizes from the data generator. Under torchrun the data generator (the
+    permutations) is the same on every rank; binarization and posterior noise (the global
+    RNG) come from per-rank streams (:func:`vae.run.distributed.rank_seed`).
+    """
     torch.manual_seed(config.seed)
     # its own stream: seeded like the global RNG, its draws would replay the weight init
     data_gen = torch.Generator(device=device).manual_seed(config.seed + DATA_SEED_OFFSET)
@@ -142,7 +195,11 @@ def _build_model(config: TrainConfig, train_data: ImageSplit, initial: Optional[
         init_output_bias(model, train_data.images)
     if initial is not None:
         load_weights(model, initial, config.init_from)
-    return model.to(device), data_gen
+    noise_gen = data_gen
+    if ranks.distributed:
+        noise_gen = torch.Generator(device=device).manual_seed(rank_seed(config.seed, ranks.rank, "binarize"))
+        torch.manual_seed(rank_seed(config.seed, ranks.rank, "posterior"))
+    return model.to(device), data_gen, noise_gen
 
 
 def _open_run_folder(config: TrainConfig, run_dir: Path) -> None:
@@ -157,13 +214,14 @@ def _open_run_folder(config: TrainConfig, run_dir: Path) -> None:
     remove_stale_temporaries(run_dir)  # left by a killed writer; the files they were to replace are intact
 
 
-def _resume(config: TrainConfig, run_dir: Path, last: Path, state: Optional[dict], model: VAE,
-            optimizer: torch.optim.Optimizer, device: torch.device, data_gen: torch.Generator, log) -> RunProgress:
-    """Restore ``last.pt`` (read now unless ``state`` was) into the run, and repair the folder around it."""
-    state = load_checkpoint(last) if state is None else state  # on the CPU: the RNG states must stay there
-    check_resume(config, state, last, device)  # never cut a run short, nor move it to another device
-    progress = restore_run(state, last, model, optimizer, device, data_gen)
-    repair_run_folder(run_dir, state, progress)
+def _resume(config: TrainConfig, run_dir: Path, last: Path, state: dict, model: VAE,
+            optimizer: torch.optim.Optimizer, device: torch.device, data_gen: torch.Generator,
+            noise_gen: torch.Generator, ranks: Ranks, log) -> RunProgress:
+    """Restore ``last.pt`` into the run (this rank's RNG states), and repair the folder around it (rank 0)."""
+    check_resume(config, state, last, device, ranks.world_size)  # never cut a run short, nor change where it runs
+    progress = restore_run(state, last, model, optimizer, device, data_gen, noise_gen, ranks.rank)
+    if ranks.is_main:
+        repair_run_folder(run_dir, state, progress)
     at = progress.partial
     log(f"resuming {run_dir} " + (f"in epoch {at.epoch} after batch {at.batch}" if at
                                   else f"after epoch {progress.epoch}"))
@@ -174,10 +232,11 @@ def _resume(config: TrainConfig, run_dir: Path, last: Path, state: Optional[dict
 
 def _run_epochs(run: _Run, log) -> None:
     """Train the remaining epochs; each ends with the test bound, ``last.pt``, ``best.pt`` and ``metrics.csv``."""
-    config, progress, model = run.config, run.progress, run.model
+    config, progress, model, ranks = run.config, run.progress, run.model, run.ranks
     last = run.run_dir / "last.pt"
     with GracefulStop() as stop:
-        log(f"training {run.run_dir} on {run.device.type} to epoch {config.epochs}; "
+        processes = f" in {ranks.world_size} processes" if ranks.distributed else ""
+        log(f"training {run.run_dir} on {run.device.type}{processes} to epoch {config.epochs}; "
             "Ctrl-C stops after the current step")
         for epoch in range(progress.epoch + 1, config.epochs + 1):
             model.train()
@@ -186,7 +245,7 @@ def _run_epochs(run: _Run, log) -> None:
             partial, progress.partial = progress.partial, None
             done_before = partial.batch if partial else 0
             result = train_epoch(model, run.step_model, run.optimizer, run.train_data, config, run.device,
-                                 run.data_gen, epoch, progress.step - done_before, partial, stop)
+                                 run.data_gen, epoch, progress.step - done_before, partial, stop, run.noise_gen, ranks)
             progress.step += result.batch - done_before
             if result.batch < result.n_batches:  # stopped by a signal in mid-epoch
                 progress.partial = result.partial(epoch)
@@ -194,15 +253,16 @@ def _run_epochs(run: _Run, log) -> None:
                 raise TrainingInterrupted(stop.signum, run.run_dir, f"in epoch {epoch} at step {progress.step} "
                                           f"(batch {result.batch} of {result.n_batches})")
             model.offdiag_enabled = True  # the off-diagonal entries are exactly zero during the warm-up
-            test = evaluate(model, run.test_x, config.eval_batch_size, config.amp)
+            test = ranks.from_main(lambda: evaluate(model, run.test_x, config.eval_batch_size, config.amp))
             row = epoch_row(epoch, progress.step, result, len(run.train_data), test)
             improved = progress.complete(row)
             run.save(last)  # last.pt, best.pt, metrics.csv: in this order (see vae.run.state)
             if improved:
                 run.save(run.run_dir / "best.pt")
-            write_metrics(run.run_dir / "metrics.csv", progress.metrics)
+            if ranks.is_main:
+                write_metrics(run.run_dir / "metrics.csv", progress.metrics)
             log(f"epoch {epoch:3d}  train {row['train_loss']:8.3f}  test -ELBO {row['test_neg_elbo']:8.3f}  "
                 f"(recon {row['test_recon']:.2f}, KL {row['test_kl']:.2f})  "
                 f"{row['images_per_s']:,.0f} img/s  {result.seconds:.1f}s")
-            if stop.signum is not None:
+            if StopVote(ranks, stop).now():
                 raise TrainingInterrupted(stop.signum, run.run_dir, f"after epoch {epoch}")

@@ -19,7 +19,11 @@ and no user needs them.
     At global optimizer step 9 (counted from 1 over the whole run): ``nan`` or
     ``inf`` replaces the loss before the backward pass; a signal name
     (``SIGTERM``, ``SIGINT``, ``SIGKILL``) is sent by the process to itself
-    once the step is done.
+    once the step is done. Under torchrun every rank does so, unless a target
+    follows: ``9=nan@1`` (rank 1 only), or ``9=SIGTERM@launcher``: rank 0
+    sends the signal to its parent, the torchrun process, and waits until
+    torchrun has passed it on to rank 0 too (as a user's ``kill`` of torchrun
+    would, at a known step).
 """
 from __future__ import annotations
 
@@ -32,12 +36,16 @@ from typing import Optional
 
 import torch
 
-__all__ = ["SLOW_WRITE_ENV", "DISK_FULL_ENV", "FAULT_AT_STEP_ENV", "pause_before_replace", "disk_full", "NoFault", "StepFault",
-           "step_fault"]
+from vae.run.distributed import current
+
+__all__ = ["SLOW_WRITE_ENV", "DISK_FULL_ENV", "FAULT_AT_STEP_ENV", "LAUNCHER", "pause_before_replace", "disk_full",
+           "NoFault", "StepFault", "step_fault"]
 
 SLOW_WRITE_ENV = "VAE_TEST_SLOW_WRITE"
 DISK_FULL_ENV = "VAE_TEST_DISK_FULL"
 FAULT_AT_STEP_ENV = "VAE_TEST_FAULT_AT_STEP"
+LAUNCHER = "launcher"  # the target of a signal meant for torchrun
+LAUNCHER_WAIT = 10.0  # seconds rank 0 waits for torchrun to pass the signal back
 
 
 def _pairs(variable: str) -> dict[str, str]:
@@ -71,7 +79,7 @@ class NoFault:
     def loss(self, step: int, loss: torch.Tensor) -> torch.Tensor:
         return loss
 
-    def after_step(self, step: int) -> None:
+    def after_step(self, step: int, stop=None) -> None:
         pass
 
 
@@ -84,7 +92,8 @@ class StepFault:
     """The fault ``VAE_TEST_FAULT_AT_STEP`` asks for; read once per epoch.
 
     Attributes:
-        step: the global step it hits, or None; action: ``nan``, ``inf`` or a signal name.
+        step: the global step it hits, or None (none, or another rank's); action: ``nan``, ``inf`` or a
+        signal name; target: a rank, :data:`LAUNCHER`, or empty (every rank).
     """
 
     def __init__(self) -> None:
@@ -92,7 +101,11 @@ class StepFault:
         if len(items) > 1:
             raise ValueError(f"{FAULT_AT_STEP_ENV}: one STEP=ACTION only")
         self.step: Optional[int] = int(items[0][0]) if items else None
-        self.action = items[0][1].strip() if items else ""
+        self.action, _, self.target = (items[0][1].strip() if items else "").partition("@")
+        if self.target and self.target != LAUNCHER and not self.target.isdigit():
+            raise ValueError(f"{FAULT_AT_STEP_ENV}: unknown target {self.target!r} (a rank, or {LAUNCHER})")
+        if self.target and current().rank != (0 if self.target == LAUNCHER else int(self.target)):
+            self.step = None  # another rank's fault
         if self.action and self.action not in ("nan", "inf") and not hasattr(signal, self.action):
             raise ValueError(f"{FAULT_AT_STEP_ENV}: unknown action {self.action!r} (nan, inf or a signal name)")
 
@@ -102,7 +115,17 @@ class StepFault:
             return loss + float(self.action)  # float("nan") or float("inf")
         return loss
 
-    def after_step(self, step: int) -> None:
-        """Send the asked-for signal to this process once global ``step`` is done."""
-        if step == self.step and self.action not in ("nan", "inf"):
+    def after_step(self, step: int, stop=None) -> None:
+        """Send the asked-for signal once global ``step`` is done: to this process, or to torchrun.
+
+        ``stop``: the :class:`vae.run.signals.GracefulStop` whose ``signum`` shows that torchrun passed it on.
+        """
+        if step != self.step or self.action in ("nan", "inf"):
+            return
+        if self.target != LAUNCHER:
             os.kill(os.getpid(), getattr(signal, self.action))
+            return
+        os.kill(os.getppid(), getattr(signal, self.action))
+        deadline = time.monotonic() + LAUNCHER_WAIT
+        while stop is not None and stop.signum is None and time.monotonic() < deadline:
+            time.sleep(0.01)

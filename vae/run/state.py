@@ -1,7 +1,8 @@
 """Where a run stands, as a checkpoint: what ``last.pt`` holds and how a resume reads it.
 
 ``last.pt`` is the source of truth of a run. Besides the weights it holds the
-optimizer, the RNG states, every epoch's metrics and, after a graceful stop in
+optimizer, the RNG states (under torchrun every rank's, and the number of
+processes), every epoch's metrics and, after a graceful stop in
 the middle of an epoch, ``partial``: the epoch in progress, how many of its
 batches are done, the data generator's state at the epoch's start (to redraw
 the same permutation) and the running sums of its losses. A resume therefore
@@ -12,7 +13,8 @@ holds), then ``best.pt`` (if the test bound improved), then ``metrics.csv``;
 a kill between two writes leaves the later files one epoch behind, and
 :func:`repair_run_folder` rewrites them from ``last.pt``. A resume may
 extend a run (``--epochs``), never shorten it, and may change the device
-only where the results stay the same (:func:`check_resume`).
+only where the results stay the same (:func:`check_resume`); the number of
+processes may not change (each rank's data slices and random streams would).
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ METRIC_COLUMNS = (
     "test_neg_elbo", "test_recon", "test_kl", "images_per_s", "train_seconds", "lr", "kl_weight",
 )
 RESUMABLE_OVERRIDES = ("epochs", "data_dir", "out_dir", "run_name", "resume",
-                       "eval_batch_size", "amp", "compile", "plots", "progress", "grad_clip", "device")
+                       "eval_batch_size", "amp", "compile", "plots", "progress", "grad_clip", "device", "dist_timeout")
 RESUME_KEYS = ("optimizer", "step", "rng", "best_test_neg_elbo")
 
 
@@ -169,18 +171,19 @@ def checked_last(config: TrainConfig, run_dir: Path) -> Path:
     return last
 
 
-def check_resume(config: TrainConfig, state: dict[str, Any], path: Path, device: Optional[torch.device] = None) -> None:
+def check_resume(config: TrainConfig, state: dict[str, Any], path: Path, device: Optional[torch.device] = None,
+                 world_size: Optional[int] = None) -> None:
     """Refuse a resume that would make ``config.json`` disagree with ``last.pt``, or change the results.
 
     Args:
         config: the resumed run's config; state: ``last.pt`` (at ``path``), read on the CPU;
-        device: where it would continue (checked when given).
+        device: where it would continue; world_size: by how many processes (each checked when given).
 
     Raises:
         ValueError: ``config.epochs`` is below the epochs ``last.pt`` holds (a run
             is extended, never cut short), or differs from them under a learning-rate
             schedule (which is scaled to the run's epochs), or ``device`` is not the kind
-            it was trained on.
+            it was trained on, or ``world_size`` is not the number of processes that trained it.
     """
     stored = config_from_dict(state["config"])
     if config.epochs != stored.epochs and stored.lr_schedule != "constant":
@@ -201,11 +204,27 @@ def check_resume(config: TrainConfig, state: dict[str, Any], path: Path, device:
         raise ArgumentError("resume", f": {path} was trained on {trained_on}; continued on {device.type}, its "
                                       f"results would differ from an uninterrupted run (pass `device` {trained_on}, "
                                       "or start a new run with `init_from`)")
+    trained_by = state.get("world_size", 1)
+    if world_size is not None and world_size != trained_by:
+        raise ArgumentError("resume", f": {path} was trained by {_processes(trained_by)}; continued by "
+                                      f"{_processes(world_size)}, each one's data slices and random streams would "
+                                      f"differ from an uninterrupted run (resume it with {_launch(trained_by)}, or "
+                                      "start a new run with `init_from`)")
 
 
-def rng_state(device: torch.device, data_gen: torch.Generator) -> dict:
-    """The global RNG states and the data generator's, as CPU tensors."""
+def _processes(n: int) -> str:
+    return "1 process" if n == 1 else f"{n} processes"
+
+
+def _launch(n: int) -> str:
+    return "no torchrun" if n == 1 else f"torchrun and {n} processes in all"
+
+
+def rng_state(device: torch.device, data_gen: torch.Generator, noise_gen: Optional[torch.Generator] = None) -> dict:
+    """The global RNG states and the data generator's (and a rank's binarization generator), as CPU tensors."""
     state = {"torch": torch.get_rng_state(), "data": data_gen.get_state()}
+    if noise_gen is not None and noise_gen is not data_gen:
+        state["noise"] = noise_gen.get_state()
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     if device.type == "mps":
@@ -213,10 +232,13 @@ def rng_state(device: torch.device, data_gen: torch.Generator) -> dict:
     return state
 
 
-def set_rng_state(state: dict, device: torch.device, data_gen: torch.Generator) -> None:
+def set_rng_state(state: dict, device: torch.device, data_gen: torch.Generator,
+                  noise_gen: Optional[torch.Generator] = None) -> None:
     """Restore what :func:`rng_state` saved."""
     torch.set_rng_state(state["torch"])
     data_gen.set_state(state["data"])
+    if "noise" in state and noise_gen is not None:
+        noise_gen.set_state(state["noise"])
     if "cuda" in state and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], device)
     if "mps" in state and device.type == "mps":
@@ -239,21 +261,28 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
 
 def checkpoint_state(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
-    progress: RunProgress, device: torch.device, data_gen: torch.Generator,
+    progress: RunProgress, device: torch.device, data_gen: torch.Generator, rank_rng: Optional[list] = None,
 ) -> dict[str, Any]:
-    """The dict :func:`vae.run.checkpoint.save_checkpoint` writes: plain data and tensors only."""
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "config": dataclasses.asdict(config), "epoch": progress.epoch, "step": progress.step,
-            "rng": rng_state(device, data_gen), "metrics": progress.metrics,
-            "best_test_neg_elbo": progress.best,
-            "partial": progress.partial.as_state() if progress.partial else None}
+    """The dict :func:`vae.run.checkpoint.save_checkpoint` writes: plain data and tensors only.
+
+    ``rank_rng``: every rank's :func:`rng_state` under torchrun (stored as ``rank_rng``, rank 0's also as ``rng``).
+    """
+    rngs = rank_rng or [rng_state(device, data_gen)]
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "config": dataclasses.asdict(config), "epoch": progress.epoch, "step": progress.step,
+             "rng": rngs[0], "world_size": len(rngs), "metrics": progress.metrics,
+             "best_test_neg_elbo": progress.best,
+             "partial": progress.partial.as_state() if progress.partial else None}
+    if len(rngs) > 1:
+        state["rank_rng"] = rngs
+    return state
 
 
 def restore_run(
     state: dict[str, Any], path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-    device: torch.device, data_gen: torch.Generator,
+    device: torch.device, data_gen: torch.Generator, noise_gen: Optional[torch.Generator] = None, rank: int = 0,
 ) -> RunProgress:
-    """Load a checkpoint read on the CPU into the model, optimizer and generators.
+    """Load a checkpoint read on the CPU into the model, optimizer and generators (rank ``rank``'s, under torchrun).
 
     Raises:
         vae.run.checkpoint.CheckpointError: the checkpoint lacks the training state or does not fit.
@@ -264,7 +293,8 @@ def restore_run(
     load_weights(model, state["model"], path)
     try:
         optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"], device, data_gen)
+        rng = state["rank_rng"][rank] if "rank_rng" in state else state["rng"]
+        set_rng_state(rng, device, data_gen, noise_gen)
     except (RuntimeError, TypeError, ValueError, KeyError, IndexError) as err:
         first = (str(err).strip() or type(err).__name__).splitlines()[0]
         raise CheckpointError(f"{path}: cannot resume from its training state ({first})") from None
