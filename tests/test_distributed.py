@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, run_cli, write_fake_mnist
+from tests.conftest import run_cli, write_fake_mnist
 from tests.test_reliability import assert_matches_reference, read_metrics, temporaries
 from vae.run.checkpoint import load_checkpoint
 from vae.run.distributed import Ranks, from_env, rank_seed
@@ -228,7 +228,7 @@ def _gradient_worker(rank: int, port: int, results: Path) -> None:
 
     def fixed_draws(self, k=1, generator=None):
         eps = noise["eps"].to(self.loc.dtype)  # (N, K, E)
-        return eps, self._transform(eps)
+        return eps, self.transform(eps)
 
     GaussianPosterior.rsample = fixed_draws
     batch = 7  # uneven shards: 4 and 3 rows

@@ -19,7 +19,8 @@ from vae.data import ImageSplit, batch_indices, binarize
 from vae.devices import accumulator_dtype, autocast
 from vae.model import VAE
 from vae.model.objectives import negative_elbo, training_loss
-from vae.run.distributed import Ranks, StopVote, current
+from vae.run.agreement import StopVote
+from vae.run.distributed import Ranks, current
 from vae.run.faults import step_fault
 from vae.run.signals import GracefulStop
 from vae.run.state import EpochResult, PartialEpoch
@@ -75,7 +76,7 @@ def train_epoch(
         partial: the interrupted epoch to finish (its permutation is redrawn from
             ``partial.data_rng``, its first ``partial.batch`` batches skipped).
         stop: once ``stop.signum`` is set, return after the current step (under torchrun: once it is set on
-            any rank, all return after the same step, see :class:`vae.run.distributed.StopVote`).
+            any rank, all return after the same step, see :class:`vae.run.agreement.StopVote`).
         noise_gen: the generator of binarization draws (default ``data_gen``; a per-rank stream under torchrun).
         ranks: the processes that share each batch (default :func:`vae.run.distributed.current`); each takes
             its shard of every batch, and the losses are summed over them at each host sync.

@@ -97,7 +97,8 @@ def _resume_train_and_draw(parser: ArgumentParser, config: TrainConfig, explicit
     """Rank 0 locks the run folder and reads its ``last.pt`` (``--resume``), every rank gets it; then train."""
     from vae.devices import resolve_device
     from vae.run.checkpoint import CheckpointError
-    from vae.run.distributed import Agreement, PeerFailed
+    from vae.run.agreement import Agreement
+    from vae.run.distributed import PeerFailed
     from vae.run.state import resume_config
 
     state = None

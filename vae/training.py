@@ -26,7 +26,8 @@ from vae.model import VAE
 from vae.run.checkpoint import build_model, load_checkpoint, load_initial_weights, load_weights, save_checkpoint
 from vae.run.files import remove_stale_temporaries
 from vae.run.lock import holding, lock_run_folder
-from vae.run.distributed import Agreement, Ranks, StopVote, current, rank_seed
+from vae.run.agreement import Agreement, StopVote
+from vae.run.distributed import Ranks, current, rank_seed
 from vae.run.signals import GracefulStop, TrainingInterrupted
 from vae.run.state import (
     RunProgress, check_resume, checked_last, checkpoint_state, repair_run_folder, restore_run, rng_state,
@@ -126,7 +127,7 @@ def _start(config: TrainConfig, log, resume_state: Optional[dict[str, Any]], ran
 
     Under torchrun every rank checks and builds; rank 0 alone loads the data first (it may
     download it), opens the run folder and reads ``last.pt``; each stage ends in an
-    :class:`~vae.run.distributed.Agreement`, so a failure on any rank stops them all.
+    :class:`~vae.run.agreement.Agreement`, so a failure on any rank stops them all.
     """
     with Agreement(ranks):
         config.validate()
