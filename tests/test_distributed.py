@@ -262,3 +262,27 @@ def test_gradients_averaged_over_the_ranks_are_the_global_batch_gradient(tmp_pat
         port = free.getsockname()[1]
     torch.multiprocessing.spawn(_gradient_worker, args=(port, tmp_path), nprocs=2, join=True)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["rank0", "rank1"]
+
+
+def test_the_project_s_launcher_ends_a_signalled_job_with_one_line_and_no_traceback(data, tmp_path):
+    """``python -m vae.launch``: torchrun's options and job, without torchrun's own traceback on a signal."""
+    step = STEPS + 8
+    result = run_cli("-m", "vae.launch", "--standalone", "--nproc-per-node", str(NPROC), "train.py",
+                     *train_args(data, tmp_path, "r", 3), env={**ENV, "VAE_TEST_FAULT_AT_STEP": f"{step}=SIGTERM@launcher"},
+                     timeout=TIMEOUT)
+    assert result.returncode == 143, result.stderr
+    assert "Traceback" not in result.stderr
+    line = assert_one_error(result, "stopped by SIGTERM", "resume with: python -m vae.launch --standalone "
+                            "--nproc-per-node 2 train.py --resume")
+    argv = shlex.split(re.search(r"resume with: (.*)$", line).group(1))
+    resumed = run_cli(*argv[1:], env=ENV, timeout=TIMEOUT)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "in epoch 2 after batch 9" in resumed.stdout
+
+
+def test_the_project_s_launcher_ends_a_failed_job_with_the_process_s_one_line(data, tmp_path):
+    result = run_cli("-m", "vae.launch", "--standalone", "--nproc-per-node", str(NPROC), "train.py",
+                     *train_args(data, tmp_path, "r", 3), env={**ENV, "VAE_TEST_FAULT_AT_STEP": f"{STEPS + 8}=nan@1"},
+                     timeout=TIMEOUT)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert_one_error(result, "non-finite loss at epoch 2")

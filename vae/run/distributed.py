@@ -36,8 +36,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
-__all__ = ["DistributedError", "PeerFailed", "Ranks", "from_env", "current", "process_group", "rank_seed"]
+__all__ = ["DistributedError", "PeerFailed", "Ranks", "from_env", "current", "process_group", "rank_seed",
+           "LAUNCHER_ENV"]
 
+LAUNCHER_ENV = "FULLCOV_LAUNCHER"
+"""Set by :mod:`vae.launch` for the training processes: the command that launched them, for resume hints."""
 _COMMUNICATION = ("gloo", "nccl", "NCCL", "Connection closed", "Connection reset", "Timed out", "timed out")
 
 
@@ -121,10 +124,11 @@ class Ranks:
         """The launch command's prefix that gives the same world again (for resume hints); None without torchrun."""
         if not self.distributed:
             return None
+        launcher = os.environ.get(LAUNCHER_ENV, "torchrun")
         if self.local_world_size == self.world_size:
-            return f"torchrun --standalone --nproc-per-node {self.world_size}"
+            return f"{launcher} --standalone --nproc-per-node {self.world_size}"
         nodes = self.world_size // self.local_world_size
-        return (f"torchrun --nnodes {nodes} --nproc-per-node {self.local_world_size} "
+        return (f"{launcher} --nnodes {nodes} --nproc-per-node {self.local_world_size} "
                 "--rdzv-backend c10d --rdzv-endpoint HOST:PORT")
 
     # -------------------------------------------------------------- the data and the loss
