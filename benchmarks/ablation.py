@@ -19,7 +19,8 @@ row, which swaps the schedule):
 * ``+cosine``: the cosine schedule and Adam eps 1e-4;
 * ``+burda``: Burda et al.'s 8 stages (scaled to ``--epochs``) instead of cosine;
 * ``+warmup``: ``+cosine`` with the KL warm-up over a quarter of the epochs;
-* ``+bias``: ``+warmup`` with the output bias at the logit of the mean pixel (the whole recipe);
+* ``+bias``: ``+warmup`` with the output bias at the logit of the mean pixel (the whole recipe),
+  for the low-rank family (R = 2) too;
 * ``iwae5-reparam`` / ``iwae5-dreg``: the whole recipe on the k = 5 IWAE bound, full posterior only.
 """
 from __future__ import annotations
@@ -56,7 +57,7 @@ def steps(epochs: int) -> list[tuple[str, tuple[str, ...], list[str]]]:
     both = ("full", "diagonal")
     return [("constant", both, flags(**constant)), ("+cosine", both, flags(**cosine)),
             ("+burda", both, flags(**burda)), ("+warmup", both, flags(**with_warmup)),
-            ("+bias", both, flags(**recipe)),
+            ("+bias", (*both, "lowrank"), flags(**recipe)),
             ("iwae5-reparam", ("full",), flags(**recipe, objective="iwae", k=5, estimator="reparam")),
             ("iwae5-dreg", ("full",), flags(**recipe, objective="iwae", k=5, estimator="dreg"))]
 
@@ -99,7 +100,7 @@ def table(rows: list[dict], names: list[str]) -> str:
     """The markdown summary: per step, mean ± sd over seeds of -ELBO and NLL, and full minus diagonal."""
     k = rows[0]["k"] if rows else 0
     lines = [f"| step | full −ELBO | full NLL (K={k}) | diagonal −ELBO | diagonal NLL (K={k}) "
-             "| NLL full − diagonal | seeds |", "|---|---|---|---|---|---|---|"]
+             f"| NLL full − diagonal | low-rank (R = 2) NLL (K={k}) | seeds |", "|---|---|---|---|---|---|---|---|"]
     for name in names:
         pick = lambda posterior, key: [r[key] for r in rows if r["step"] == name and r["posterior"] == posterior]  # noqa: E731
         paired = {r["seed"]: r["nll"] for r in rows if r["step"] == name and r["posterior"] == "full"}
@@ -108,7 +109,7 @@ def table(rows: list[dict], names: list[str]) -> str:
         seeds = sorted({r["seed"] for r in rows if r["step"] == name})
         lines.append(f"| {name} | {mean_sd(pick('full', 'test_neg_elbo'))} | {mean_sd(pick('full', 'nll'))} "
                      f"| {mean_sd(pick('diagonal', 'test_neg_elbo'))} | {mean_sd(pick('diagonal', 'nll'))} "
-                     f"| {mean_sd(diffs)} | {', '.join(map(str, seeds))} |")
+                     f"| {mean_sd(diffs)} | {mean_sd(pick('lowrank', 'nll'))} | {', '.join(map(str, seeds))} |")
     return "\n".join(lines) + "\n"
 
 
