@@ -13,7 +13,8 @@ from tests.conftest import run_cli
 from vae.run.checkpoint import load_checkpoint
 from vae.config import TrainConfig
 from vae.data import DataError, load_split
-from vae.run.state import METRIC_COLUMNS, resume_config
+from vae.run.folder import METRIC_COLUMNS
+from vae.run.state import resume_config
 from vae.training import train
 
 TIMING_COLUMNS = {"images_per_s", "train_seconds"}

@@ -29,10 +29,8 @@ from vae.run.lock import holding, lock_run_folder
 from vae.run.agreement import Agreement, StopVote
 from vae.run.distributed import Ranks, current, rank_seed
 from vae.run.signals import GracefulStop, TrainingInterrupted
-from vae.run.state import (
-    RunProgress, check_resume, checked_last, checkpoint_state, repair_run_folder, restore_run, rng_state,
-    write_config, write_metrics,
-)
+from vae.run.folder import repair_run_folder, write_config, write_metrics
+from vae.run.state import RunProgress, check_resume, checked_last, checkpoint_state, restore_run, rng_state
 
 __all__ = ["DATA_SEED_OFFSET", "make_optimizer", "init_output_bias", "check_batch_split", "train"]
 
@@ -257,7 +255,7 @@ def _run_epochs(run: _Run, log) -> None:
             test = ranks.from_main(lambda: evaluate(model, run.test_x, config.eval_batch_size, config.amp))
             row = epoch_row(epoch, progress.step, result, len(run.train_data), test)
             improved = progress.complete(row)
-            run.save(last)  # last.pt, best.pt, metrics.csv: in this order (see vae.run.state)
+            run.save(last)  # last.pt, best.pt, metrics.csv: in this order (see vae.run.folder)
             if improved:
                 run.save(run.run_dir / "best.pt")
             if ranks.is_main:

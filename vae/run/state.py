@@ -8,20 +8,15 @@ batches are done, the data generator's state at the epoch's start (to redraw
 the same permutation) and the running sums of its losses. A resume therefore
 ends exactly where an uninterrupted run would (same device, same seed).
 
-Each epoch writes ``last.pt``, then ``config.json`` (the config ``last.pt``
-holds), then ``best.pt`` (if the test bound improved), then ``metrics.csv``;
-a kill between two writes leaves the later files one epoch behind, and
-:func:`repair_run_folder` rewrites them from ``last.pt``. A resume may
+The other files of the run folder follow ``last.pt`` (:mod:`vae.run.folder`).
+A resume may
 extend a run (``--epochs``), never shorten it, and may change the device
 only where the results stay the same (:func:`check_resume`); the number of
 processes may not change (each rank's data slices and random streams would).
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,21 +24,15 @@ from typing import Any, NamedTuple, Optional
 
 import torch
 
-from vae.run.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
-from vae.run.files import write_text_atomic
+from vae.run.checkpoint import CheckpointError, load_checkpoint, load_weights
 from vae.cli import ArgumentError
 from vae.config import TrainConfig, config_from_dict
 
 __all__ = [
-    "METRIC_COLUMNS", "RESUMABLE_OVERRIDES", "EpochResult", "PartialEpoch", "RunProgress", "resume_config", "rng_state", "set_rng_state",
-    "write_metrics", "checkpoint_state", "restore_run", "repair_run_folder", "checked_last", "check_resume",
-    "write_config",
+    "RESUMABLE_OVERRIDES", "EpochResult", "PartialEpoch", "RunProgress", "resume_config", "rng_state",
+    "set_rng_state", "checkpoint_state", "restore_run", "checked_last", "check_resume",
 ]
 
-METRIC_COLUMNS = (
-    "epoch", "step", "train_loss", "train_neg_elbo", "train_recon", "train_kl",
-    "test_neg_elbo", "test_recon", "test_kl", "images_per_s", "train_seconds", "lr", "kl_weight",
-)
 RESUMABLE_OVERRIDES = ("epochs", "data_dir", "out_dir", "run_name", "resume",
                        "eval_batch_size", "amp", "compile", "plots", "progress", "grad_clip", "device", "dist_timeout")
 RESUME_KEYS = ("optimizer", "step", "rng", "best_test_neg_elbo")
@@ -245,20 +234,6 @@ def set_rng_state(state: dict, device: torch.device, data_gen: torch.Generator,
         torch.mps.set_rng_state(state["mps"])
 
 
-def write_config(run_dir: Path, config: dict[str, Any]) -> None:
-    """Write ``config.json`` atomically: ``config`` as a checkpoint stores it (``dataclasses.asdict``)."""
-    write_text_atomic(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
-
-
-def write_metrics(path: Path, rows: list[dict]) -> None:
-    """Write ``metrics.csv`` (one row per completed epoch) atomically."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: row.get(k, "") for k in METRIC_COLUMNS} for row in rows)  # older runs lack columns
-    write_text_atomic(path, buf.getvalue())
-
-
 def checkpoint_state(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
     progress: RunProgress, device: torch.device, data_gen: torch.Generator, rank_rng: Optional[list] = None,
@@ -300,28 +275,3 @@ def restore_run(
         raise CheckpointError(f"{path}: cannot resume from its training state ({first})") from None
     return RunProgress(state["epoch"], state["step"], list(state["metrics"]),
                        state["best_test_neg_elbo"], PartialEpoch.from_state(state.get("partial")))
-
-
-def _epoch_of(path: Path) -> Optional[int]:
-    try:
-        return load_checkpoint(path)["epoch"]
-    except CheckpointError:
-        return None
-
-
-def repair_run_folder(run_dir: Path, state: dict[str, Any], progress: RunProgress) -> None:
-    """Bring ``config.json``, ``metrics.csv`` and ``best.pt`` in line with ``last.pt`` after a crash.
-
-    ``config.json`` and ``metrics.csv`` are rewritten from the checkpoint's
-    config and rows; ``best.pt`` is rewritten when the last completed epoch is
-    the best one and a kill stopped its copy (only an epoch-boundary
-    ``last.pt`` can stand in for it).
-    """
-    write_config(run_dir, state["config"])
-    write_metrics(run_dir / "metrics.csv", progress.metrics)
-    if not progress.metrics or progress.partial is not None:
-        return
-    best_row = min(progress.metrics, key=lambda row: row["test_neg_elbo"])
-    best_path = run_dir / "best.pt"
-    if best_row["epoch"] == progress.epoch and _epoch_of(best_path) != progress.epoch:
-        save_checkpoint({k: v for k, v in state.items() if k != "format"}, best_path)
