@@ -41,7 +41,7 @@ from vae.data import DataError, evaluation_images, load_split
 from vae.devices import accumulator_dtype, resolve_device
 from vae.model import VAE, Draw, GaussianPosterior
 from vae.model.objectives import log_weights
-from vae.run.checkpoint import PRETRAINED, PRETRAINED_DIR, CheckpointError, is_shipped, load_run
+from vae.run.checkpoint import PRETRAINED, CheckpointError, check_not_shipped, is_shipped, load_run
 from vae.run.files import WriteError, write_text_atomic
 
 __all__ = ["result_path", "check_output_path", "portable_path", "importance_weighted_bounds", "evaluate_model",
@@ -69,9 +69,7 @@ def check_output_path(out: Path) -> None:
 
     Checked before a long computation, so that its result is not lost.
     """
-    if is_shipped(out):
-        raise ValueError(f"cannot write {out}: {PRETRAINED_DIR} holds the shipped models, which no command writes; "
-                         "choose another `out` (or run from another folder)")
+    check_not_shipped(out, str(out))
     if out.is_dir() or not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
         raise ValueError(f"`out` {out}: cannot write there")
 

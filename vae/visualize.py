@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from vae.cli import ArgumentParser, command_name
 from vae.data import DataError, load_split
 from vae.model import VAE
-from vae.run.checkpoint import PRETRAINED, PRETRAINED_DIR, CheckpointError, is_shipped, load_run
+from vae.run.checkpoint import PRETRAINED, CheckpointError, check_not_shipped, is_shipped, load_run
 from vae.run.files import WriteError, save_figure
 
 __all__ = [
@@ -203,12 +203,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     checkpoint = Path(args.checkpoint)
     out = Path(args.out) if args.out else (
         Path(f"{checkpoint.stem}-pictures") if is_shipped(checkpoint) else checkpoint.parent)
-    if is_shipped(out / "x.png"):
-        parser.error(f"cannot write pictures to {out}: {PRETRAINED_DIR} holds the shipped models, which no command "
-                     "writes; choose another --out (or run from another folder)")
     try:
+        check_not_shipped(out / "x.png", f"pictures to {out}")
         paths = write_run_pictures(args.checkpoint, out, args.data_dir)
-    except DataError as err:
+    except (ValueError, DataError) as err:  # the shipped folder, a dataset that cannot be loaded
         parser.error(err)
     except (WriteError, CheckpointError) as err:  # a full disk, say: each picture is whole, the old one or the new one
         return parser.fail(err)

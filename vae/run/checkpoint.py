@@ -24,6 +24,7 @@ from vae.run.files import write_bytes_atomic
 __all__ = [
     "CheckpointError", "FORMAT", "save_checkpoint", "load_checkpoint", "MODEL_FIELDS", "model_fields", "build_model", "load_weights",
     "load_initial_weights", "load_run", "load_model", "PRETRAINED_DIR", "SHIPPED_MODELS", "PRETRAINED", "is_shipped",
+    "check_not_shipped",
     "export_model",
 ]
 
@@ -50,6 +51,13 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 def is_shipped(path: str | Path) -> bool:
     """Whether ``path`` lies in the shipped folder :data:`PRETRAINED_DIR` (any file there, whatever its name)."""
     return PRETRAINED_DIR.resolve() in Path(path).resolve().parents
+
+
+def check_not_shipped(path: str | Path, what: str) -> None:
+    """Raise ``ValueError`` if ``path`` lies in the shipped folder, which no command writes; ``what`` names the output."""
+    if is_shipped(path):
+        raise ValueError(f"cannot write {what}: {PRETRAINED_DIR} holds the shipped models, which no command writes; "
+                         "choose another `out` (or run from another folder)")
 
 
 def _check_map_location(map_location: Any) -> None:
