@@ -116,10 +116,13 @@ class ArgumentParser(argparse.ArgumentParser):
         text = message.as_flag() if isinstance(message, ArgumentError) else as_flags(str(message))
         self.exit(2, f"{self.prog}: error: {text.splitlines()[0] if text else text}\n")
 
-    def fail(self, message: object) -> int:
-        """A runtime failure (a broken checkpoint, a full disk): one line on stderr; returns exit code 1."""
+    def fail(self, message: object, own: bool = False) -> int:
+        """A runtime failure (a broken checkpoint, a full disk): one line on stderr; returns exit code 1.
+
+        ``own``: news only this process has (it lost the others), printed even when ``quiet``.
+        """
         lines = as_flags(str(message)).splitlines() or [""]
-        if not self.quiet:
+        if own or not self.quiet:
             print(f"{self.prog}: error: {lines[0]}", file=sys.stderr)
         return 1
 

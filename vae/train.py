@@ -79,18 +79,12 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> int:
                 try:
                     code = _resume_train_and_draw(parser, config, explicit, ranks)
                 except DistributedError as err:  # caught here, so that nothing of the run outlives the group
-                    return _lost(parser, err)
+                    return parser.fail(err, own=True)
                 if code:
                     ranks.outlive_main()  # rank 0 reports the failure, or saves after a stop: let it finish
                 return code
-        except DistributedError as err:  # could not join
-            return _lost(parser, err)
-
-
-def _lost(parser: ArgumentParser, err: Exception) -> int:
-    """This rank's own news of the others (printed by every rank that has it): exit code 1."""
-    print(f"{parser.prog}: error: {as_flags(str(err))}", file=sys.stderr)
-    return 1
+        except DistributedError as err:  # could not join: every rank that has this news says so
+            return parser.fail(err, own=True)
 
 
 def _resume_train_and_draw(parser: ArgumentParser, config: TrainConfig, explicit: dict, ranks) -> int:
