@@ -129,3 +129,12 @@ def test_the_command_line_on_a_checkpoint(fake_mnist, tmp_path):
     bad = run_cli("-m", "vae.gaps", str(run_dir / "best.pt"), "--steps", "0")
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "python -m vae.gaps: error: --steps must be positive, got 0"]
+
+
+def test_measuring_the_gaps_leaves_the_model_as_it_was():
+    model = LinearGaussian()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    x = torch.randn(4, P, dtype=torch.float64)
+    gaps(model, x, ["diagonal"], GapSettings(steps=3, samples=8), k=4, progress=False)
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())  # no gradient reached the decoder
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())

@@ -127,7 +127,8 @@ def optimize_family(model, x: torch.Tensor, start: GaussianPosterior, family: st
         for group in optimizer.param_groups:
             group["lr"] = settings.lr * 0.5 * (1 + math.cos(math.pi * step / settings.steps))
         optimizer.zero_grad(set_to_none=True)
-        (-elbo.sum()).backward()  # a sum: each image's gradient is its own
+        # a sum: each image's gradient is its own; the decoder is fixed, so only the per-image q gets one
+        (-elbo.sum()).backward(inputs=[loc, raw])
         optimizer.step()
         if bar is not None:
             bar.update(1)
@@ -151,8 +152,6 @@ def gaps(model, x: torch.Tensor, families: Sequence[str], settings: GapSettings,
         ``{"amortized_elbo": ..., "log_px": ..., "<family>": optimized ELBO, ...}``.
     """
     model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)  # the decoder is fixed: gradients reach only the per-image q
     generator = torch.Generator(device=x.device).manual_seed(seed)
     with torch.no_grad():
         start = model.q(x)
