@@ -5,10 +5,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.distributions import Bernoulli, MultivariateNormal, kl_divergence
 
 from vae.cholesky import entries_to_scale_tril, tril_size
 from vae.model import VAE, FullGaussian
+from vae.model.likelihood import BernoulliLikelihood
 from vae.model.objectives import log_importance_weights, negative_elbo, negative_iwae
 
 
@@ -205,3 +207,23 @@ def test_loading_onto_cuda_without_cuda_says_so(tmp_path):
     with pytest.raises(ValueError, match="not a device"):
         vae.load_model(path, map_location="gpu")
     assert vae.load_model(path).latent_dim == 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bernoulli_log_prob_is_the_cross_entropy_and_its_gradient(dtype):
+    # the fast path (vae.model.likelihood) against torch's own cross-entropy with logits,
+    # for binary pixels and for intensities (--binarize none), values and both gradients
+    torch.manual_seed(0)
+    logits = (torch.randn(5, 3, 784, dtype=dtype) * 8).requires_grad_()  # |l| up to ~40: both tails
+    for x in ((torch.rand(5, 784, dtype=dtype) < 0.3).to(dtype), torch.rand(5, 784, dtype=dtype)):
+        x.requires_grad_()
+        ours = BernoulliLikelihood().log_prob(logits, x)  # (5, 3)
+        reference = -F.binary_cross_entropy_with_logits(logits, x.unsqueeze(1).expand_as(logits),
+                                                        reduction="none").sum(-1)
+        tol = 1e-4 if dtype == torch.float32 else 1e-10  # sums of 784 terms of up to ~40 nats
+        torch.testing.assert_close(ours, reference, rtol=0, atol=tol * reference.abs().max().item())
+        weights = torch.randn_like(ours)
+        ours_grads = torch.autograd.grad((ours * weights).sum(), (logits, x))
+        reference_grads = torch.autograd.grad((reference * weights).sum(), (logits, x))
+        for a, b in zip(ours_grads, reference_grads):
+            torch.testing.assert_close(a, b)

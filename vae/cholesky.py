@@ -80,10 +80,11 @@ def at_least_float32(x: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=None)
-def _tril_layout(dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat positions in a (D*D) row-major matrix, and a mask of diagonal entries."""
+def _tril_layout(dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flat positions in a (D*D) row-major matrix, a mask of diagonal entries, and their positions."""
     rows, cols = torch.tril_indices(dim, dim, device=device)
-    return rows * dim + cols, rows == cols  # (n,), (n,)
+    diagonal = rows == cols
+    return rows * dim + cols, diagonal, diagonal.nonzero().squeeze(1)  # (n,), (n,), (D,)
 
 
 def positive(u: torch.Tensor, diag_transform: str = "softplus") -> torch.Tensor:
@@ -125,9 +126,10 @@ def entries_to_scale_tril(
     _check_transform(diag_transform)
     dim = dim_from_tril_size(raw.shape[-1])
     raw = at_least_float32(raw)
-    flat_index, diag_mask = _tril_layout(dim, raw.device)
+    flat_index, _, diag_position = _tril_layout(dim, raw.device)
     off_diagonal = raw if offdiag_scale == 1.0 else raw * offdiag_scale
-    values = torch.where(diag_mask, positive(raw, diag_transform), off_diagonal)  # (..., n)
+    diagonal = positive(raw.index_select(-1, diag_position), diag_transform)  # (..., D): D, not n, positive maps
+    values = off_diagonal.index_copy(-1, diag_position, diagonal)  # (..., n)
     flat = raw.new_zeros(*raw.shape[:-1], dim * dim)  # (..., D*D)
     flat = flat.index_copy(-1, flat_index, values)
     return flat.view(*raw.shape[:-1], dim, dim)  # (..., D, D)
@@ -155,7 +157,7 @@ def scale_tril_to_entries(
         raise ValueError(f"expected square matrices (..., D, D), got shape {tuple(scale_tril.shape)}")
     dim = scale_tril.shape[-1]
     scale_tril = at_least_float32(scale_tril)
-    flat_index, diag_mask = _tril_layout(dim, scale_tril.device)
+    flat_index, diag_mask, _ = _tril_layout(dim, scale_tril.device)
     values = scale_tril.reshape(*scale_tril.shape[:-2], dim * dim)[..., flat_index]  # (..., n)
     diagonal = positive_inverse(values[..., diag_mask], diag_transform)
     values = values if offdiag_scale == 1.0 else values / offdiag_scale
