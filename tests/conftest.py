@@ -11,6 +11,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+# One thread count for the whole suite (runs compared bit for bit must not differ in it), and no
+# 0.1 s sample of the machine per training run: `--threads 0` keeps a count the environment sets.
+# tests/test_speed.py clears it where it tests the automatic choice.
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+
 
 def real_data_dir() -> Path:
     """``$VAE_DATA_DIR``, else ``../shared/data`` beside the repository."""

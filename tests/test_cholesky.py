@@ -15,6 +15,7 @@ from vae.cholesky import (
     entries_to_scale_tril,
     logdet_covariance,
     mvn_log_prob,
+    positive,
     scale_tril_to_entries,
     tril_size,
 )
@@ -177,3 +178,17 @@ def test_log_prob_of_many_points_under_one_distribution():
     torch.testing.assert_close(mvn_log_prob(x, loc, scale_tril), expected, rtol=1e-10, atol=1e-10)
     # the standard normal by hand, to pin the constant
     assert mvn_log_prob(torch.zeros(2), torch.zeros(2), torch.eye(2)).item() == pytest.approx(-math.log(2 * math.pi))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_softplus_map_is_torchs_softplus_to_a_few_ulps_with_its_gradient(dtype):
+    # vae.cholesky's own softplus (vectorized, Kahan's log1p) against log1p in float64, tails included:
+    # tiny scales keep their relative precision, large ones are the identity
+    u = torch.cat([torch.linspace(-120, 120, 2001, dtype=dtype), torch.randn(1000, dtype=dtype) * 5])
+    u.requires_grad_()
+    ours = positive(u, "softplus")
+    exact = u.detach().double()  # log1p in float64 (F.softplus returns u itself above u = 20)
+    reference = (exact.clamp(min=0) + torch.log1p(torch.exp(-exact.abs())) + DIAG_FLOOR).to(dtype)
+    assert ((ours - reference).abs() <= 16 * torch.finfo(dtype).eps * reference).all()  # a few ulps
+    grad, = torch.autograd.grad(ours.sum(), u)
+    torch.testing.assert_close(grad, torch.sigmoid(u.detach()))

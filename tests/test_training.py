@@ -168,15 +168,16 @@ def test_cuda_amp_epoch(fake_mnist, tmp_path):
 def test_binarization_draws_are_fresh_random_numbers(fake_mnist, tmp_path, monkeypatch):
     """The data stream neither replays the weight init (same seed) nor the epoch's permutation draws."""
     import vae.epoch as training  # the module whose train_epoch draws the batches
+    from vae.step import TrainStep  # whose loss draws the binarization from the generator it is given
 
     seen = []
-    real_binarize = training.binarize
+    real_loss = TrainStep.loss
 
-    def spy(images, generator):
+    def spy(self, images, generator, *args):
         seen.append((generator.initial_seed(), generator.get_state().clone()))
-        return real_binarize(images, generator)
+        return real_loss(self, images, generator, *args)
 
-    monkeypatch.setattr(training, "binarize", spy)
+    monkeypatch.setattr(TrainStep, "loss", spy)
     starts = []
     real_batches = training.batch_indices
     monkeypatch.setattr(training, "batch_indices",

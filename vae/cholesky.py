@@ -25,7 +25,6 @@ import functools
 import math
 
 import torch
-import torch.nn.functional as F
 
 from vae.cli import DIAG_TRANSFORMS, check_choice
 
@@ -83,8 +82,32 @@ def at_least_float32(x: torch.Tensor) -> torch.Tensor:
 def _tril_layout(dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Flat positions in a (D*D) row-major matrix, a mask of diagonal entries, and their positions."""
     rows, cols = torch.tril_indices(dim, dim, device=device)
-    diagonal = rows == cols
-    return rows * dim + cols, diagonal, diagonal.nonzero().squeeze(1)  # (n,), (n,), (D,)
+    i = torch.arange(dim, device=device)
+    return rows * dim + cols, rows == cols, i * (i + 3) // 2  # (n,), (n,), (D,): entry (i, i) is the i(i+3)/2-th
+
+
+class _Softplus(torch.autograd.Function):
+    r""":math:`\log(1 + e^u) = \max(u, 0) + \operatorname{log1p}(e^{-|u|})` by vectorized ``exp`` and ``log``; backward :math:`\sigma(u)`.
+
+    ``F.softplus`` and ``log1p`` are not vectorized on the CPU (~10 ns an element, ~100 us a
+    training step at D = 64). Here ``log1p(e)`` is Kahan's ``log(y) * e / (y - 1)`` with
+    ``y = 1 + e``, accurate to a few ulps even where ``e`` is below float32's epsilon, so a
+    tiny scale keeps its relative precision.
+    """
+
+    @staticmethod
+    def forward(ctx, u):
+        ctx.save_for_backward(u)
+        e = u.abs().neg_().exp_()  # e^{-|u|}, in (0, 1]
+        y = e + 1.0
+        step = y - 1.0  # e as rounded into y; 0 where e < 2^-24 and log1p(e) = e
+        log1p = torch.where(step == 0, e, y.log_().mul_(e).div_(step))
+        return log1p.add_(u.clamp(min=0))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (u,) = ctx.saved_tensors
+        return torch.sigmoid(u).mul_(grad)
 
 
 def positive(u: torch.Tensor, diag_transform: str = "softplus") -> torch.Tensor:
@@ -93,7 +116,7 @@ def positive(u: torch.Tensor, diag_transform: str = "softplus") -> torch.Tensor:
     The posterior families' scales (:mod:`vae.model.posteriors`) go through it too. No dtype change.
     """
     if diag_transform == "softplus":
-        return F.softplus(u) + DIAG_FLOOR
+        return _Softplus.apply(u) + DIAG_FLOOR
     return torch.exp(u.clamp(max=EXP_MAX)) + DIAG_FLOOR
 
 

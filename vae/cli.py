@@ -20,7 +20,7 @@ import typing
 
 __all__ = [
     "CHOICES", "DATASETS", "FAMILIES", "DIAG_TRANSFORMS", "DEVICES", "OBJECTIVES", "ESTIMATORS", "LR_SCHEDULES",
-    "BINARIZATIONS", "OUTPUT_BIASES", "FIT_OBJECTIVES", "FIT_OPTIMIZERS", "ArgumentError", "check_choice",
+    "BINARIZATIONS", "OUTPUT_BIASES", "FIT_OBJECTIVES", "FIT_OPTIMIZERS", "THREADS_HELP", "ArgumentError", "check_choice",
     "flag", "as_flags", "command_name", "ArgumentParser", "require_positive",
 ]
 
@@ -28,6 +28,7 @@ DATASETS = ("mnist", "fashion-mnist")
 FAMILIES = ("full", "diagonal", "lowrank")  # posterior families, vae.model.posteriors
 DIAG_TRANSFORMS = ("softplus", "exp")  # positive maps of a factor's diagonal, vae.cholesky
 DEVICES = ("auto", "cpu", "cuda", "mps")
+THREADS_HELP = "CPU threads for torch; 0: the cores no other job is busy on, unless OMP_NUM_THREADS sets them"
 OBJECTIVES = ("elbo", "iwae")
 ESTIMATORS = ("reparam", "stl", "dreg")
 LR_SCHEDULES = ("constant", "burda", "cosine")

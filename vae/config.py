@@ -17,7 +17,7 @@ from pathlib import Path
 from vae import PRETRAINED_DIR
 from vae.cli import (
     BINARIZATIONS, DATASETS, DEVICES, DIAG_TRANSFORMS, ESTIMATORS, FAMILIES, LR_SCHEDULES, OBJECTIVES, OUTPUT_BIASES,
-    ArgumentError, check_choice, flag,
+    THREADS_HELP, ArgumentError, check_choice, flag,
 )
 
 __all__ = [
@@ -118,11 +118,12 @@ class TrainConfig:
     grad_clip: typing.Optional[float] = _knob(None, "clip the gradient's global norm to this value")
     eval_batch_size: int = _knob(1000, "batch size of the per-epoch test evaluation")
     device: str = _knob("auto", "where to train", DEVICES)
+    threads: int = _knob(0, THREADS_HELP)
     dist_timeout: float = _knob(
         120.0, "under torchrun: seconds a process waits for the others (to join, or at any exchange) before it fails"
     )
     amp: bool = _knob(False, "bf16 autocast on CUDA (covariance maths stays float32)")
-    compile: bool = _knob(False, "torch.compile the model")
+    compile: bool = _knob(False, "torch.compile the training step (CUDA graphs on CUDA)")
     seed: int = _knob(0, "random seed")
     preset: typing.Optional[str] = _knob(
         None, "a named group of flags (docs/RESULTS.md); flags given beside it override it", tuple(PRESETS)
@@ -142,7 +143,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ArgumentError(name, f"must be a positive integer, got {value}")
-        for name in ("diag_warmup", "kl_warmup"):
+        for name in ("diag_warmup", "kl_warmup", "threads"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ArgumentError(name, f"must be a non-negative integer, got {value}")

@@ -1,8 +1,9 @@
 """One epoch: shuffled batches through the training step, then the test bound and the epoch's metrics row.
 
-The step draws fresh binarized pixels, sets the KL weight and learning rate of
-its global step (:mod:`vae.schedules`), and differentiates the surrogate of
-:func:`vae.model.objectives.training_loss`. Losses stay on the device and are
+Each step sets the KL weight and learning rate of its global step
+(:mod:`vae.schedules`) and runs a :class:`vae.step.TrainStep`: fresh binarized
+pixels, the surrogate of :func:`vae.model.objectives.training_loss`, its
+gradient and the optimizer's update, eager or compiled. Losses stay on the device and are
 synced every :data:`PROGRESS_EVERY` steps, where a NaN or Inf stops the run.
 """
 from __future__ import annotations
@@ -15,16 +16,17 @@ import torch
 from tqdm.auto import tqdm
 
 from vae.config import TrainConfig
-from vae.data import ImageSplit, batch_indices, binarize
+from vae.data import ImageSplit, batch_indices
 from vae.devices import accumulator_dtype, autocast
 from vae.model import VAE
-from vae.model.objectives import negative_elbo, training_loss
+from vae.model.objectives import negative_elbo
 from vae.run.agreement import StopVote
 from vae.run.distributed import Ranks, current
 from vae.run.faults import step_fault
 from vae.run.signals import GracefulStop
 from vae.run.state import EpochResult, PartialEpoch
 from vae.schedules import kl_weight, learning_rate
+from vae.step import TrainStep
 
 __all__ = ["NonFiniteLossError", "EVAL_NOISE_SEED", "PROGRESS_EVERY", "evaluate", "train_epoch", "epoch_row"]
 
@@ -61,7 +63,7 @@ def evaluate(model: VAE, images: torch.Tensor, batch_size: int = 1000, amp: bool
 
 
 def train_epoch(
-    model: VAE, step_model, optimizer: torch.optim.Optimizer, data: ImageSplit, config: TrainConfig,
+    train_step: TrainStep, data: ImageSplit, config: TrainConfig,
     device: torch.device, data_gen: torch.Generator, epoch: int = 1, step: int = 0,
     partial: Optional[PartialEpoch] = None, stop: Optional[GracefulStop] = None,
     noise_gen: Optional[torch.Generator] = None, ranks: Optional[Ranks] = None,
@@ -69,7 +71,7 @@ def train_epoch(
     """One pass over the training set in shuffled batches, or the rest of an interrupted one.
 
     Args:
-        model: the VAE whose parameters are clipped; step_model: it, or its compiled twin.
+        train_step: the model's optimizer step, eager or compiled.
         data: the training split on ``device``; data_gen: the generator of permutations
             and binarization draws; epoch: for messages; step: optimizer steps done
             before this epoch began.
@@ -108,24 +110,17 @@ def train_epoch(
     beta = 1.0
     for i in range(first, len(batches)):
         rows = batches[i]
-        x = data.images[ranks.shard(rows)]  # (B, 784); under torchrun this rank's (B / N, 784)
-        if config.binarize == "dynamic":
-            x = binarize(x, noise_gen)
+        images = data.images[ranks.shard(rows)]  # (B, 784); under torchrun this rank's (B / N, 784)
         beta = kl_weight(step + i, config.kl_warmup, len(batches))
         if config.lr_schedule != "constant":
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(config.lr_schedule, config.lr, step + i, total_steps)
+            train_step.learning_rate = learning_rate(config.lr_schedule, config.lr, step + i, total_steps)
         with autocast(device, config.amp):
-            surrogate, bound = training_loss(step_model, x, config.objective, config.k, config.estimator, beta)
-        loss = fault.loss(step + i + 1, ranks.mean(surrogate, rows.numel()))
-        optimizer.zero_grad(set_to_none=True)
-        with ranks.communicating():  # DistributedDataParallel averages the gradients here
-            loss.backward()
-        if config.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        with torch.no_grad():  # kept on the device: no host sync inside the step
-            window.append(torch.stack([bound.loss.sum(), bound.recon.sum(), bound.kl.sum(), loss.detach()]))
+            loss, stats = train_step.loss(images, noise_gen, beta, rows.numel())
+        faulty = fault.loss(step + i + 1, loss)
+        if faulty is not loss:  # a reliability test's NaN or Inf: the sums see it as they would a real one
+            loss, stats[3] = faulty, faulty.detach()
+        train_step.update(loss)  # DistributedDataParallel averages the gradients here
+        window.append(stats)  # kept on the device: no host sync inside the step
         seen, done = seen + rows.numel(), i + 1
         fault.after_step(step + done, stop)
         stopping = vote.after_step() and done < len(batches)
@@ -152,7 +147,7 @@ def train_epoch(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = (partial.seconds if partial else 0.0) + time.perf_counter() - start
-    return EpochResult(sums, done, len(batches), seconds, start_rng, optimizer.param_groups[0]["lr"], beta)
+    return EpochResult(sums, done, len(batches), seconds, start_rng, train_step.learning_rate, beta)
 
 
 def epoch_row(epoch: int, step: int, result: EpochResult, n_images: int, test: dict[str, float]) -> dict:

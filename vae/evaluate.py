@@ -35,10 +35,10 @@ from typing import Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
-from vae.cli import DEVICES, ArgumentParser, command_name, require_positive
+from vae.cli import DEVICES, THREADS_HELP, ArgumentParser, command_name, require_positive
 from vae.config import check_seed
 from vae.data import DataError, evaluation_images, load_split
-from vae.devices import accumulator_dtype, resolve_device
+from vae.devices import accumulator_dtype, resolve_device, set_threads
 from vae.model import VAE, Draw, GaussianPosterior
 from vae.model.objectives import log_weights
 from vae.run.checkpoint import PRETRAINED, CheckpointError, check_not_shipped, is_shipped, load_run
@@ -144,6 +144,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--data-dir", default=None, help="dataset root (default: the run's, else $VAE_DATA_DIR)")
     parser.add_argument("--device", default="cpu", choices=DEVICES)
+    parser.add_argument("--threads", type=int, default=0, help=THREADS_HELP + " (default: 0)")
     parser.add_argument("--out", default=None, help="JSON path (default: eval-<split>-k<K>[-limit<N>].json beside the "
                         "checkpoint; for a shipped one, <stem>-eval-...json in the current folder)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
@@ -158,6 +159,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         check_output_path(out)  # before a long evaluation
         device = resolve_device(args.device)
+        set_threads(args.threads)
         model, config, _ = load_run(checkpoint, map_location=device)
         split = load_split(config.dataset, args.data_dir or config.data_dir, train=args.split == "train",
                            limit=args.limit, device=device)
@@ -172,7 +174,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     start = time.perf_counter()
     result = evaluate_model(model, images, args.k, args.batch_size, args.seed, args.progress)
     result = {"checkpoint": portable_path(checkpoint), "split": args.split, "images": len(images), "k": args.k,
-              "seed": args.seed, **result, "seconds": time.perf_counter() - start, "device": str(device)}
+              "seed": args.seed, **result, "seconds": time.perf_counter() - start, "device": str(device),
+              "threads": torch.get_num_threads()}
     print(f"{args.split} -ELBO {result['neg_elbo']:.3f}  NLL (K={args.k}) {result['nll']:.3f} nats  "
           f"{result['bits_per_dim']:.4f} bits/dim  [{len(images)} images, {result['seconds']:.0f}s]")
     try:

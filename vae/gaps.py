@@ -48,10 +48,10 @@ from typing import Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from vae.cli import DEVICES, FAMILIES as FAMILY_NAMES, ArgumentParser, command_name, require_positive
+from vae.cli import DEVICES, FAMILIES as FAMILY_NAMES, THREADS_HELP, ArgumentParser, command_name, require_positive
 from vae.config import check_seed
 from vae.data import DataError, evaluation_images, load_split
-from vae.devices import resolve_device
+from vae.devices import resolve_device, set_threads
 from vae.evaluate import MAX_ROWS, check_output_path, importance_weighted_bounds, result_path
 from vae.model import FAMILIES, GaussianPosterior
 from vae.model.posteriors import log_standard_normal
@@ -220,6 +220,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of every draw (default: 0)")
     parser.add_argument("--data-dir", default=None, help="dataset root (default: the run's, else $VAE_DATA_DIR)")
     parser.add_argument("--device", default="cpu", choices=DEVICES)
+    parser.add_argument("--threads", type=int, default=0, help=THREADS_HELP + " (default: 0)")
     parser.add_argument("--out", default=None, help="JSON path (default: gaps-test-k<K>-limit<N>.json beside the "
                         "checkpoint; for a shipped one, <stem>-gaps-...json in the current folder)")
     parser.add_argument("--plot", default=None, help="also draw the per-image bounds into this PNG")
@@ -236,6 +237,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for path in filter(None, [out, args.plot and Path(args.plot)]):
             check_output_path(path)
         device = resolve_device(args.device)
+        set_threads(args.threads)
         model, config, _ = load_run(checkpoint, map_location=device)
         split = load_split(config.dataset, args.data_dir or config.data_dir, train=False, limit=args.limit,
                            device=device)

@@ -20,7 +20,7 @@ import torch
 from vae.cli import ArgumentError
 from vae.config import TrainConfig
 from vae.data import ImageSplit, evaluation_images, load_split
-from vae.devices import check_step_memory, resolve_device
+from vae.devices import check_step_memory, resolve_device, set_threads
 from vae.epoch import epoch_row, evaluate, train_epoch
 from vae.model import VAE
 from vae.run.checkpoint import build_model, load_checkpoint, load_initial_weights, load_weights, save_checkpoint
@@ -31,6 +31,7 @@ from vae.run.distributed import Ranks, current, rank_seed
 from vae.run.signals import GracefulStop, TrainingInterrupted
 from vae.run.folder import repair_run_folder, write_config, write_metrics
 from vae.run.state import RunProgress, check_resume, checked_last, checkpoint_state, restore_run, rng_state
+from vae.step import TrainStep
 
 __all__ = ["DATA_SEED_OFFSET", "make_optimizer", "init_output_bias", "check_batch_split", "train"]
 
@@ -41,9 +42,11 @@ PIXEL_MEAN_CLAMP = 1e-3  # the output bias's mean intensities are clamped to [c,
 def make_optimizer(model: VAE, config: TrainConfig, device: torch.device) -> torch.optim.Adam:
     """Adam at ``config.lr`` and ``config.adam_eps``; the fused kernel on CPU and CUDA (one pass over each tensor).
 
-    A schedule other than ``constant`` sets the rate before every step (:mod:`vae.schedules`).
+    A schedule other than ``constant`` sets the rate before every step (:mod:`vae.schedules`). Under
+    ``compile`` the update is the multi-tensor one, which inductor compiles (it does not trace the fused kernel).
     """
-    return torch.optim.Adam(model.parameters(), lr=config.lr, eps=config.adam_eps, fused=device.type in ("cpu", "cuda"))
+    fused = device.type in ("cpu", "cuda") and not config.compile
+    return torch.optim.Adam(model.parameters(), lr=config.lr, eps=config.adam_eps, fused=fused)
 
 
 @torch.no_grad()
@@ -97,8 +100,8 @@ class _Run:
     device: torch.device
     run_dir: Path
     model: VAE
-    step_model: Any  # the model, or its torch.compile'd twin
     optimizer: torch.optim.Optimizer
+    train_step: TrainStep  # eager or compiled; under torchrun it holds the DDP wrapper
     data_gen: torch.Generator
     noise_gen: torch.Generator  # binarization: data_gen on one process, a per-rank stream under torchrun
     ranks: Ranks
@@ -135,6 +138,7 @@ def _start(config: TrainConfig, log, resume_state: Optional[dict[str, Any]], ran
         check_step_memory(per_process if device.type == "cuda" else config, device)  # before the data
         run_dir = config.check_run_dir()
         last = checked_last(config, run_dir) if ranks.is_main else run_dir / "last.pt"
+        log(f"{set_threads(config.threads)}")
         if config.amp and device.type != "cuda":
             log(f"note: `amp` applies to CUDA only; training in float32 on {device.type}")
         initial = load_initial_weights(config) if config.init_from and not config.resume else None  # before the data
@@ -157,9 +161,9 @@ def _start(config: TrainConfig, log, resume_state: Optional[dict[str, Any]], ran
                                ranks, log)
         elif ranks.is_main:  # a resumed run's config.json follows its last.pt, see _Run.save
             write_config(run_dir, dataclasses.asdict(config))
-    step_model = ranks.wrap(model)  # DistributedDataParallel under torchrun
-    step_model = torch.compile(step_model) if config.compile else step_model
-    return _Run(config, device, run_dir, model, step_model, optimizer, data_gen, noise_gen, ranks, train_data, test_x,
+    # after the resume: a compiled step keeps the learning rate in a tensor, a checkpoint holds a float
+    train_step = TrainStep(model, optimizer, config, device, ranks, ranks.wrap(model))  # DDP under torchrun
+    return _Run(config, device, run_dir, model, optimizer, train_step, data_gen, noise_gen, ranks, train_data, test_x,
                 progress)
 
 
@@ -243,8 +247,8 @@ def _run_epochs(run: _Run, log) -> None:
             model.offdiag_enabled = epoch > config.diag_warmup or config.init_from is not None
             partial, progress.partial = progress.partial, None
             done_before = partial.batch if partial else 0
-            result = train_epoch(model, run.step_model, run.optimizer, run.train_data, config, run.device,
-                                 run.data_gen, epoch, progress.step - done_before, partial, stop, run.noise_gen, ranks)
+            result = train_epoch(run.train_step, run.train_data, config, run.device, run.data_gen, epoch,
+                                 progress.step - done_before, partial, stop, run.noise_gen, ranks)
             progress.step += result.batch - done_before
             if result.batch < result.n_batches:  # stopped by a signal in mid-epoch
                 progress.partial = result.partial(epoch)

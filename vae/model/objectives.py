@@ -114,7 +114,7 @@ def training_loss(
         x: images ``(N, 784)``.
         objective: ``elbo`` or ``iwae``; k: posterior samples per image.
         estimator: ``reparam``, ``stl`` or ``dreg`` (see the module docstring).
-        beta: the KL warm-up weight on log p(z) - log q(z|x).
+        beta: the KL warm-up weight on log p(z) - log q(z|x), a float or a 0-dim tensor.
 
     Returns:
         the surrogate ``(N,)``, and the :class:`Bound` at beta = 1 (what is reported). With
@@ -124,9 +124,10 @@ def training_loss(
         ValueError: an estimator that is biased for this objective (:func:`vae.config.check_estimator`).
     """
     check_estimator(objective, k, estimator)
+    unweighted = not torch.is_tensor(beta) and beta == 1.0  # a tensor beta (a compiled step's) is never branched on
     if estimator == "reparam" and objective == "elbo":
         bound = negative_elbo(model, x, k)
-        return (bound.loss if beta == 1.0 else bound.recon + beta * bound.kl), bound
+        return (bound.loss if unweighted else bound.recon + beta * bound.kl), bound
     draw, logits = model(x, k)
     log_px_z = model.likelihood.log_prob(logits, x)  # (N, K)
     log_pz = log_standard_normal(draw.z)  # (N, K)
@@ -144,7 +145,7 @@ def training_loss(
         if draw.z.requires_grad:
             draw.z.register_hook(lambda grad: grad * weights)
     surrogate = math.log(k) - torch.logsumexp(log_w, dim=1)  # (N,)
-    if beta == 1.0:
+    if unweighted:
         loss = surrogate.detach()
     else:
         with torch.no_grad():

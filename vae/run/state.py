@@ -34,7 +34,8 @@ __all__ = [
 ]
 
 RESUMABLE_OVERRIDES = ("epochs", "data_dir", "out_dir", "run_name", "resume",
-                       "eval_batch_size", "amp", "compile", "plots", "progress", "grad_clip", "device", "dist_timeout")
+                       "eval_batch_size", "amp", "compile", "plots", "progress", "grad_clip", "device", "dist_timeout",
+                       "threads")
 RESUME_KEYS = ("optimizer", "step", "rng", "best_test_neg_elbo")
 
 
@@ -243,7 +244,10 @@ def checkpoint_state(
     ``rank_rng``: every rank's :func:`rng_state` under torchrun (stored as ``rank_rng``, rank 0's also as ``rng``).
     """
     rngs = rank_rng or [rng_state(device, data_gen)]
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+    optimizer_state = optimizer.state_dict()
+    for group in optimizer_state["param_groups"]:  # a compiled step's tensor learning rate, saved as a float
+        group["lr"] = float(group["lr"])
+    state = {"model": model.state_dict(), "optimizer": optimizer_state,
              "config": dataclasses.asdict(config), "epoch": progress.epoch, "step": progress.step,
              "rng": rngs[0], "world_size": len(rngs), "metrics": progress.metrics,
              "best_test_neg_elbo": progress.best,

@@ -1,0 +1,126 @@
+"""The training step, eager or compiled: fresh pixels, the surrogate and its gradient, the optimizer's update.
+
+:class:`TrainStep` runs one optimizer step in two calls, with the epoch loop's
+bookkeeping between them (:mod:`vae.epoch`):
+
+- :meth:`TrainStep.loss`: dynamic binarization of the batch, the model's
+  forward pass with its posterior draws, and the surrogate of
+  :func:`vae.model.objectives.training_loss` (its mean over the global batch);
+- :meth:`TrainStep.update`: the backward pass, gradient clipping, and Adam.
+
+With ``--compile`` both are ``torch.compile``'d: the forward pass with its
+draws, the backward pass that AOTAutograd derives from it, and the clipping
+and optimizer update. On CUDA they run as CUDA graphs
+(``mode="reduce-overhead"``). The learning rate and the KL weight then live in
+device tensors that the step fills, so a schedule never recompiles it.
+Inductor draws its random numbers with the eager operators
+(``fallback_random``), so a compiled step draws what the eager one does: on
+the CPU the two agree to float rounding, same seed, same numbers. On CUDA the
+binarization draws from the global CUDA generator, which CUDA graphs can
+replay, instead of the data generator.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from vae.config import TrainConfig
+from vae.data import binarize
+from vae.model import VAE
+from vae.model.objectives import training_loss
+from vae.run.distributed import Ranks, current
+
+__all__ = ["TrainStep", "compile_mode"]
+
+
+def compile_mode(device: torch.device) -> Optional[str]:
+    """The ``torch.compile`` mode of ``--compile``: CUDA graphs on CUDA, inductor's default elsewhere."""
+    return "reduce-overhead" if device.type == "cuda" else None
+
+
+class TrainStep:
+    """One optimizer step of ``config``'s objective, eager or (``config.compile``) compiled.
+
+    Args:
+        model: the VAE (its parameters are clipped and updated); optimizer: its Adam.
+        config: the run's configuration (objective, ``k``, estimator, binarization, clipping, ``compile``).
+        device: where it trains. ranks: the processes sharing each batch (default: this one alone).
+        step_model: what the forward pass calls, ``model`` or its DistributedDataParallel wrapper.
+    """
+
+    def __init__(self, model: VAE, optimizer: torch.optim.Optimizer, config: TrainConfig, device: torch.device,
+                 ranks: Optional[Ranks] = None, step_model: Optional[torch.nn.Module] = None):
+        self.model, self.optimizer, self.config, self.device = model, optimizer, config, device
+        self.ranks = current() if ranks is None else ranks
+        self.step_model = model if step_model is None else step_model
+        self.compiled = config.compile
+        self._loss, self._update = self._loss_eager, self._update_eager
+        if self.compiled:
+            import torch._inductor.config as inductor_config  # here: an eager run never loads inductor
+
+            inductor_config.fallback_random = True  # the eager operators' random numbers: same seed, same draws
+            for group in optimizer.param_groups:  # a tensor learning rate: a schedule never recompiles the update
+                group["lr"] = torch.tensor(float(group["lr"]), device=device)
+            self._beta = torch.ones((), device=device)
+            mode = compile_mode(device)
+            self._loss = torch.compile(self._loss_eager, mode=mode, dynamic=False)
+            self._update = torch.compile(self._update_eager, mode=mode, dynamic=False)
+
+    @property
+    def learning_rate(self) -> float:
+        """The optimizer's current learning rate."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    @learning_rate.setter
+    def learning_rate(self, value: float) -> None:
+        for group in self.optimizer.param_groups:
+            if torch.is_tensor(group["lr"]):
+                group["lr"].fill_(value)
+            else:
+                group["lr"] = value
+
+    def loss(self, images: torch.Tensor, generator: Optional[torch.Generator], beta: float = 1.0,
+             batch_rows: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The surrogate to differentiate, and the step's sums for the metrics.
+
+        Args:
+            images: this process's rows of the batch, intensities ``(b, 784)``.
+            generator: draws the binarization (``--binarize dynamic``); beta: the KL weight.
+            batch_rows: the global batch's ``B`` (default ``b``).
+
+        Returns:
+            the scalar surrogate (its DDP average is the mean over the global batch), and
+            ``(4,)``: the sums of the bound at beta = 1, its recon and KL terms, and the surrogate.
+        """
+        batch_rows = images.shape[0] if batch_rows is None else batch_rows
+        uniform = None  # a compiled CUDA step draws them inside its graph, from the global CUDA generator
+        if self.config.binarize == "dynamic" and not (self.compiled and self.device.type == "cuda"):
+            uniform = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+        if not self.compiled:
+            return self._loss_eager(images, uniform, beta, batch_rows)
+        if beta != 1.0:  # a tensor: the warm-up's changing weights share one graph
+            beta = self._beta.fill_(beta)
+        loss, stats = self._loss(images, uniform, beta, batch_rows)
+        return loss, stats.clone()  # a CUDA graph's outputs are overwritten by its next replay
+
+    def update(self, loss: torch.Tensor) -> None:
+        """Backward from ``loss`` (DDP averages the gradients here), clip, and take the optimizer's step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.ranks.communicating():
+            loss.backward()
+        self._update()
+
+    def _loss_eager(self, images, uniform, beta, batch_rows):
+        config = self.config
+        x = binarize(images, uniform=uniform) if config.binarize == "dynamic" else images  # (b, 784)
+        surrogate, bound = training_loss(self.step_model, x, config.objective, config.k, config.estimator, beta)
+        loss = self.ranks.mean(surrogate, batch_rows)
+        with torch.no_grad():
+            stats = torch.stack([bound.loss.sum(), bound.recon.sum(), bound.kl.sum(), loss.detach()])
+        return loss, stats
+
+    def _update_eager(self):
+        if self.config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
