@@ -78,12 +78,21 @@ def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
-@functools.lru_cache(maxsize=None)
 def _tril_layout(dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Flat positions in a (D*D) row-major matrix, a mask of diagonal entries, and their positions."""
+    """Flat positions in a (D*D) row-major matrix, a mask of diagonal entries, and their positions.
+
+    Cached per (D, device); traced afresh under ``torch.compile``, whose graphs hold them as constants.
+    """
+    return (_layout if torch.compiler.is_compiling() else _cached_layout)(dim, device)
+
+
+def _layout(dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     rows, cols = torch.tril_indices(dim, dim, device=device)
     i = torch.arange(dim, device=device)
     return rows * dim + cols, rows == cols, i * (i + 3) // 2  # (n,), (n,), (D,): entry (i, i) is the i(i+3)/2-th
+
+
+_cached_layout = functools.lru_cache(maxsize=None)(_layout)
 
 
 class _Softplus(torch.autograd.Function):
