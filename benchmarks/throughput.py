@@ -89,6 +89,8 @@ class OurSetting:
                                   rank=min(rank, latent_dim), batch_size=batch_size, lr=1e-3, device=str(device),
                                   progress=False, compile=compiled)
         self.train_data, self.device = train_data, device
+        if compiled:
+            torch._dynamo.reset()  # a fresh cache: the settings before are not this one's recompilations
         torch.manual_seed(0)
         model = build_model(self.config).to(device)
         self.step = TrainStep(model, make_optimizer(model, self.config, device), self.config, device)

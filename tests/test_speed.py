@@ -90,7 +90,7 @@ def two_steps(config: TrainConfig, model, images: torch.Tensor, beta: float):
     optimizer = make_optimizer(model, config, torch.device("cpu"))
     step = TrainStep(model, optimizer, config, torch.device("cpu"))
     results = []
-    for seed, weight in ((1, beta), (2, 1.0)):  # the warm-up's tensor weight, then beta = 1: two graphs
+    for seed, weight in ((1, beta), (2, 1.0)):  # a warm-up's weight, then beta = 1: one graph for both
         model.load_state_dict(start)
         torch.manual_seed(seed)
         step.learning_rate = 1e-3 * seed  # a schedule's change: the compiled update must see it
@@ -130,7 +130,7 @@ def test_the_compiled_step_matches_the_eager_one(posterior, objective, k, estima
 def test_a_compiled_run_trains_like_an_eager_one_and_resumes_eagerly(fake_mnist, tmp_path):
     torch._dynamo.reset()
     quiet = lambda *_: None  # noqa: E731
-    # the KL warm-up's first epoch runs the tensor-weight graph, the second the beta = 1 one
+    # the KL warm-up's epoch, then one at beta = 1
     eager = train(tiny_config(fake_mnist, tmp_path / "runs", run_name="eager", epochs=2, kl_warmup=1), log=quiet)
     compiled = train(tiny_config(fake_mnist, tmp_path / "runs", run_name="compiled", epochs=1, kl_warmup=1,
                                  compile=True), log=quiet)

@@ -99,8 +99,7 @@ class TrainStep:
             uniform = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
         if not self.compiled:
             return self._loss_eager(images, uniform, beta, batch_rows)
-        if beta != 1.0:  # a tensor: the warm-up's changing weights share one graph
-            beta = self._beta.fill_(beta)
+        beta = self._beta.fill_(beta)  # a tensor, 1 included: the warm-up and the rest share one graph
         loss, stats = self._loss(images, uniform, beta, batch_rows)
         return loss, stats.clone()  # a CUDA graph's outputs are overwritten by its next replay
 

@@ -43,10 +43,12 @@ def make_optimizer(model: VAE, config: TrainConfig, device: torch.device) -> tor
     """Adam at ``config.lr`` and ``config.adam_eps``; the fused kernel on CPU and CUDA (one pass over each tensor).
 
     A schedule other than ``constant`` sets the rate before every step (:mod:`vae.schedules`). Under
-    ``compile`` the update is the multi-tensor one, which inductor compiles (it does not trace the fused kernel).
+    ``compile`` the update is the multi-tensor one, which inductor compiles (it does not trace the fused
+    kernel), and on CUDA it is ``capturable``: its step counts live on the GPU, inside the CUDA graph.
     """
     fused = device.type in ("cpu", "cuda") and not config.compile
-    return torch.optim.Adam(model.parameters(), lr=config.lr, eps=config.adam_eps, fused=fused)
+    capturable = config.compile and device.type == "cuda"
+    return torch.optim.Adam(model.parameters(), lr=config.lr, eps=config.adam_eps, fused=fused, capturable=capturable)
 
 
 @torch.no_grad()
