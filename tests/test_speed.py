@@ -134,10 +134,12 @@ def test_a_compiled_run_trains_like_an_eager_one_and_resumes_eagerly(fake_mnist,
     eager = train(tiny_config(fake_mnist, tmp_path / "runs", run_name="eager", epochs=2, kl_warmup=1), log=quiet)
     compiled = train(tiny_config(fake_mnist, tmp_path / "runs", run_name="compiled", epochs=1, kl_warmup=1,
                                  compile=True), log=quiet)
-    assert isinstance(load_checkpoint(compiled / "last.pt")["optimizer"]["param_groups"][0]["lr"], float)
+    group = load_checkpoint(compiled / "last.pt")["optimizer"]["param_groups"][0]
+    assert isinstance(group["lr"], float) and not group["fused"]  # the compiled step's multi-tensor Adam
     resumed = train(tiny_config(fake_mnist, tmp_path / "runs", run_name="compiled", epochs=2, kl_warmup=1,
                                 resume=True), log=quiet)  # without --compile: the checkpoint is the same
     assert resumed == compiled
+    assert load_checkpoint(compiled / "last.pt")["optimizer"]["param_groups"][0]["fused"]  # eager: fused again
     for ours, theirs in zip(read_metrics(eager), read_metrics(compiled)):
         for name in set(ours) - TIMING_COLUMNS:
             assert float(theirs[name]) == pytest.approx(float(ours[name]), rel=1e-4, abs=1e-4), name

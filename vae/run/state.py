@@ -270,8 +270,13 @@ def restore_run(
     if missing:
         raise CheckpointError(f"{path}: cannot resume from it, it lacks {', '.join(missing)}")
     load_weights(model, state["model"], path)
+    # how to step (fused, multi-tensor, capturable) is this run's choice, which --compile may have changed
+    implementation = {name: optimizer.defaults[name] for name in ("fused", "foreach", "capturable")
+                      if name in optimizer.defaults}
     try:
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:
+            group.update(implementation)
         rng = state["rank_rng"][rank] if "rank_rng" in state else state["rng"]
         set_rng_state(rng, device, data_gen, noise_gen)
     except (RuntimeError, TypeError, ValueError, KeyError, IndexError) as err:
