@@ -10,14 +10,14 @@ bookkeeping between them (:mod:`vae.epoch`):
 
 With ``--compile`` both are ``torch.compile``'d: the forward pass with its
 draws, the backward pass that AOTAutograd derives from it, and the clipping
-and optimizer update. On CUDA they run as CUDA graphs
-(``mode="reduce-overhead"``). The learning rate and the KL weight then live in
-device tensors that the step fills, so a schedule never recompiles it.
-Inductor draws its random numbers with the eager operators
-(``fallback_random``), so a compiled step draws what the eager one does: on
-the CPU the two agree to float rounding, same seed, same numbers. On CUDA the
-binarization draws from the global CUDA generator, which CUDA graphs can
-replay, instead of the data generator.
+and optimizer update. On CUDA they run as CUDA graphs (inductor's
+``triton.cudagraphs``, what ``mode="reduce-overhead"`` sets). The learning
+rate and the KL weight then live in device tensors that the step fills, so a
+schedule never recompiles it. Inductor draws its random numbers with the
+eager operators (``fallback_random``), so a compiled step draws what the
+eager one does: on the CPU the two agree to float rounding, same seed, same
+numbers. On CUDA the binarization draws from the global CUDA generator, which
+CUDA graphs can replay, instead of the data generator.
 """
 from __future__ import annotations
 
@@ -31,12 +31,16 @@ from vae.model import VAE
 from vae.model.objectives import training_loss
 from vae.run.distributed import Ranks, current
 
-__all__ = ["TrainStep", "compile_mode"]
+__all__ = ["TrainStep", "compile_options"]
 
 
-def compile_mode(device: torch.device) -> Optional[str]:
-    """The ``torch.compile`` mode of ``--compile``: CUDA graphs on CUDA, inductor's default elsewhere."""
-    return "reduce-overhead" if device.type == "cuda" else None
+def compile_options(device: torch.device) -> dict:
+    """Inductor's options for ``--compile``: the eager RNG, and CUDA graphs on CUDA (``mode="reduce-overhead"``).
+
+    ``fallback_random`` makes inductor call the eager random operators, so a compiled step draws
+    the eager step's numbers; as an option of these two compilations, not a global setting.
+    """
+    return {"fallback_random": True, **({"triton.cudagraphs": True} if device.type == "cuda" else {})}
 
 
 class TrainStep:
@@ -57,15 +61,12 @@ class TrainStep:
         self.compiled = config.compile
         self._loss, self._update = self._loss_eager, self._update_eager
         if self.compiled:
-            import torch._inductor.config as inductor_config  # here: an eager run never loads inductor
-
-            inductor_config.fallback_random = True  # the eager operators' random numbers: same seed, same draws
             for group in optimizer.param_groups:  # a tensor learning rate: a schedule never recompiles the update
                 group["lr"] = torch.tensor(float(group["lr"]), device=device)
             self._beta = torch.ones((), device=device)
-            mode = compile_mode(device)
-            self._loss = torch.compile(self._loss_eager, mode=mode, dynamic=False)
-            self._update = torch.compile(self._update_eager, mode=mode, dynamic=False)
+            options = compile_options(device)
+            self._loss = torch.compile(self._loss_eager, options=options, dynamic=False)
+            self._update = torch.compile(self._update_eager, options=options, dynamic=False)
 
     @property
     def learning_rate(self) -> float:
