@@ -169,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = [((400,), d, posterior, batch) for batch in args.batch_sizes for d in args.latent_dims
                 for posterior in args.posteriors]
     if args.results_arch:
-        settings += [(*RESULTS_ARCH, posterior, batch) for batch in args.batch_sizes for posterior in ("full", "diagonal")
-                     if posterior in args.posteriors]
+        settings += [(*RESULTS_ARCH, posterior, batch) for batch in args.batch_sizes
+                     for posterior in ("full", "diagonal") if posterior in args.posteriors]
     rows = {}
     modes = [step == "compiled" for step in dict.fromkeys(args.steps)]
     for compiled in modes:

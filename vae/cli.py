@@ -20,8 +20,8 @@ import typing
 
 __all__ = [
     "CHOICES", "DATASETS", "FAMILIES", "DIAG_TRANSFORMS", "DEVICES", "OBJECTIVES", "ESTIMATORS", "LR_SCHEDULES",
-    "BINARIZATIONS", "OUTPUT_BIASES", "FIT_OBJECTIVES", "FIT_OPTIMIZERS", "THREADS_HELP", "ArgumentError", "check_choice",
-    "flag", "as_flags", "command_name", "ArgumentParser", "require_positive",
+    "BINARIZATIONS", "OUTPUT_BIASES", "FIT_OBJECTIVES", "FIT_OPTIMIZERS", "THREADS_HELP", "ArgumentError",
+    "check_choice", "flag", "as_flags", "command_name", "ArgumentParser", "require_positive",
 ]
 
 DATASETS = ("mnist", "fashion-mnist")

@@ -162,16 +162,13 @@ def load_split(
     return ImageSplit(images=images, labels=labels.to(device=device, dtype=torch.long))
 
 
-def binarize(images: torch.Tensor, generator: Optional[torch.Generator] = None,
-             uniform: Optional[torch.Tensor] = None) -> torch.Tensor:
+def binarize(images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Draw every pixel as Bernoulli(intensity): ``(..., 784)`` -> same shape, values in {0, 1}.
 
     ``uniform < intensity`` is exactly Bernoulli(intensity), and about 3x faster
-    on the CPU than ``torch.bernoulli``. ``uniform``: the draws to threshold, shaped
-    like ``images`` (default: drawn here, from ``generator``).
+    on the CPU than ``torch.bernoulli``.
     """
-    if uniform is None:
-        uniform = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+    uniform = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
     return (uniform < images).to(images.dtype)
 
 

@@ -59,6 +59,8 @@ class TrainStep:
         self.ranks = current() if ranks is None else ranks
         self.step_model = model if step_model is None else step_model
         self.compiled = config.compile
+        # a compiled CUDA step binarizes inside its graph, from the global CUDA generator (CUDA graphs replay it)
+        self._binarize_in_graph = self.compiled and device.type == "cuda" and config.binarize == "dynamic"
         self._loss, self._update = self._loss_eager, self._update_eager
         if self.compiled:
             for group in optimizer.param_groups:  # a tensor learning rate: a schedule never recompiles the update
@@ -95,13 +97,13 @@ class TrainStep:
             ``(4,)``: the sums of the bound at beta = 1, its recon and KL terms, and the surrogate.
         """
         batch_rows = images.shape[0] if batch_rows is None else batch_rows
-        uniform = None  # a compiled CUDA step draws them inside its graph, from the global CUDA generator
-        if self.config.binarize == "dynamic" and not (self.compiled and self.device.type == "cuda"):
-            uniform = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+        x = images  # (b, 784)
+        if self.config.binarize == "dynamic" and not self._binarize_in_graph:
+            x = binarize(images, generator)  # outside a compiled graph: Dynamo cannot trace a generator
         if not self.compiled:
-            return self._loss_eager(images, uniform, beta, batch_rows)
+            return self._loss_eager(x, beta, batch_rows)
         beta = self._beta.fill_(beta)  # a tensor, 1 included: the warm-up and the rest share one graph
-        loss, stats = self._loss(images, uniform, beta, batch_rows)
+        loss, stats = self._loss(x, beta, batch_rows)
         return loss, stats.clone()  # a CUDA graph's outputs are overwritten by its next replay
 
     def update(self, loss: torch.Tensor) -> None:
@@ -111,9 +113,10 @@ class TrainStep:
             loss.backward()
         self._update()
 
-    def _loss_eager(self, images, uniform, beta, batch_rows):
+    def _loss_eager(self, x, beta, batch_rows):
         config = self.config
-        x = binarize(images, uniform=uniform) if config.binarize == "dynamic" else images  # (b, 784)
+        if self._binarize_in_graph:
+            x = binarize(x)  # (b, 784)
         surrogate, bound = training_loss(self.step_model, x, config.objective, config.k, config.estimator, beta)
         loss = self.ranks.mean(surrogate, batch_rows)
         with torch.no_grad():

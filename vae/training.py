@@ -140,7 +140,7 @@ def _start(config: TrainConfig, log, resume_state: Optional[dict[str, Any]], ran
         check_step_memory(per_process if device.type == "cuda" else config, device)  # before the data
         run_dir = config.check_run_dir()
         last = checked_last(config, run_dir) if ranks.is_main else run_dir / "last.pt"
-        log(f"{set_threads(config.threads)}")
+        log(set_threads(config.threads))
         if config.amp and device.type != "cuda":
             log(f"note: `amp` applies to CUDA only; training in float32 on {device.type}")
         initial = load_initial_weights(config) if config.init_from and not config.resume else None  # before the data
