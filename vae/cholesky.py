@@ -141,14 +141,14 @@ def positive_inverse(d: torch.Tensor, diag_transform: str = "softplus") -> torch
 
 
 def entries_to_scale_tril(
-    raw: torch.Tensor, diag_transform: str = "softplus", offdiag_scale: float = 1.0,
+    raw: torch.Tensor, diag_transform: str = "softplus", offdiag_scale: float | torch.Tensor = 1.0,
 ) -> torch.Tensor:
     r"""Fill a lower-triangular factor with a positive diagonal from free entries.
 
     Args:
         raw: unconstrained entries, shape ``(..., D(D+1)/2)``, row-major order.
         diag_transform: ``"softplus"`` or ``"exp"``.
-        offdiag_scale: a constant :math:`c` with :math:`L_{ij} = c\,u_{ij}` below the
+        offdiag_scale: a constant :math:`c` (a number or a 0-dim tensor) with :math:`L_{ij} = c\,u_{ij}` below the
             diagonal. The VAE's encoder uses :math:`c < 1`: under Adam, whose steps
             have a fixed size in parameter space, it slows the off-diagonal entries
             relative to the diagonal (see :class:`vae.model.Encoder`).
@@ -160,7 +160,7 @@ def entries_to_scale_tril(
     dim = dim_from_tril_size(raw.shape[-1])
     raw = at_least_float32(raw)
     flat_index, diag_position = _tril_layout(dim, raw.device)
-    off_diagonal = raw if offdiag_scale == 1.0 else raw * offdiag_scale
+    off_diagonal = raw * offdiag_scale if torch.is_tensor(offdiag_scale) or offdiag_scale != 1.0 else raw
     diagonal = positive(raw.index_select(-1, diag_position), diag_transform)  # (..., D): D, not n, positive maps
     values = off_diagonal.index_copy(-1, diag_position, diagonal)  # (..., n)
     flat = raw.new_zeros(*raw.shape[:-1], dim * dim)  # (..., D*D)

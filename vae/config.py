@@ -122,7 +122,8 @@ class TrainConfig:
     dist_timeout: float = _knob(
         120.0, "under torchrun: seconds a process waits for the others (to join, or at any exchange) before it fails"
     )
-    amp: bool = _knob(False, "bf16 autocast on CUDA (covariance maths stays float32)")
+    amp: bool = _knob(False, "bf16 autocast for the networks, on CUDA or a CPU with native bf16 (AMX, AVX512-BF16); "
+                             "covariance maths stays float32", negatable=True)
     compile: bool = _knob(False, "torch.compile the training step (CUDA graphs on CUDA)")
     seed: int = _knob(0, "random seed")
     preset: typing.Optional[str] = _knob(

@@ -12,6 +12,7 @@ Nothing here runs on import.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from typing import Optional
@@ -22,7 +23,7 @@ from vae.cli import ArgumentError, check_choice
 
 __all__ = [
     "available", "resolve_device", "THREAD_ENV", "usable_cores", "busy_cores", "auto_threads", "set_threads",
-    "accumulator_dtype", "autocast", "STEP_MEMORY_FRACTION", "step_memory_bytes",
+    "accumulator_dtype", "native_bf16", "check_amp", "autocast", "STEP_MEMORY_FRACTION", "step_memory_bytes",
     "device_memory", "check_step_memory",
 ]
 
@@ -119,10 +120,54 @@ def accumulator_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
+_BF16_FLAGS = (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16"), ("bf16", "Arm BF16"))  # /proc/cpuinfo
+
+
+@functools.lru_cache(maxsize=None)
+def native_bf16() -> Optional[str]:
+    """The CPU's native bf16 instructions (``"AMX"``, ``"AVX512-BF16"``, ``"Arm BF16"``), or None.
+
+    Read from the flags of ``/proc/cpuinfo`` (Linux); None where they cannot be read. Without them
+    bf16 is emulated and its matmuls run slower than float32's.
+    """
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = set()
+            for line in cpuinfo:
+                if line.lower().startswith(("flags", "features")):
+                    flags.update(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return next((name for flag, name in _BF16_FLAGS if flag in flags), None)
+
+
+def check_amp(device: torch.device, amp: bool) -> str:
+    """The run's precision as one line; refuse ``amp`` where bf16 would not pay.
+
+    Raises:
+        ArgumentError: ``amp`` on MPS, or on a CPU without native bf16 instructions, where emulated bf16
+            matmuls are slower than float32 ones and the numbers change for nothing.
+    """
+    if not amp:
+        return "precision: float32"
+    if device.type == "cpu":
+        native = native_bf16()
+        if native is None:
+            raise ArgumentError("amp", "this CPU has no native bf16 instructions (AMX or AVX512-BF16), where bf16 "
+                                       "is emulated and slower than float32; train without it (--no-amp)")
+        where = f"{native} on the CPU"
+    elif device.type == "cuda":
+        where = torch.cuda.get_device_name(device)
+    else:
+        raise ArgumentError("amp", f"bf16 autocast runs on CUDA and on CPUs with native bf16, not on {device.type}; "
+                                   "train without it (--no-amp)")
+    return f"precision: bf16 autocast for the networks ({where}); covariance maths, KL and likelihood in float32"
+
+
 def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA when ``enabled``; a no-op elsewhere."""
-    if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    """bf16 autocast on CUDA or the CPU when ``enabled`` (see :func:`check_amp`); a no-op otherwise."""
+    if enabled and device.type in ("cuda", "cpu"):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -20,7 +20,7 @@ import torch
 from vae.cli import ArgumentError
 from vae.config import TrainConfig
 from vae.data import ImageSplit, evaluation_images, load_split
-from vae.devices import check_step_memory, resolve_device, set_threads
+from vae.devices import check_amp, check_step_memory, resolve_device, set_threads
 from vae.epoch import epoch_row, evaluate, train_epoch
 from vae.model import VAE
 from vae.run.checkpoint import build_model, load_checkpoint, load_initial_weights, load_weights, save_checkpoint
@@ -140,9 +140,9 @@ def _start(config: TrainConfig, log, resume_state: Optional[dict[str, Any]], ran
         check_step_memory(per_process if device.type == "cuda" else config, device)  # before the data
         run_dir = config.check_run_dir()
         last = checked_last(config, run_dir) if ranks.is_main else run_dir / "last.pt"
+        precision = check_amp(device, config.amp)
         log(set_threads(config.threads))
-        if config.amp and device.type != "cuda":
-            log(f"note: `amp` applies to CUDA only; training in float32 on {device.type}")
+        log(precision)
         initial = load_initial_weights(config) if config.init_from and not config.resume else None  # before the data
         data = _load_data(config, device) if ranks.is_main else None
     read_here = config.resume and resume_state is None  # the same on every rank

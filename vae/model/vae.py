@@ -69,9 +69,9 @@ class VAE(nn.Module):
         self.rank = rank
         self._family = FAMILIES[posterior]
         self.diag_transform = diag_transform
-        # False holds the factor's off-diagonal part at zero, and its gradients
-        # with it (training's diagonal warm-up); not saved, on by default
-        self.offdiag_enabled = True
+        # the off-diagonal part's factor, OFFDIAG_SCALE or 0 (training's diagonal warm-up, see offdiag_enabled):
+        # a tensor, not a Python number, so that a compiled step reads it and never recompiles when it changes
+        self.register_buffer("offdiag_scale", torch.tensor(OFFDIAG_SCALE), persistent=False)
         self.in_dim = in_dim
         self.encoder = Encoder(in_dim, hidden, latent_dim, self._family.head_size(latent_dim, rank))
         self._family.init_head(self.encoder.scale_head, latent_dim, rank)
@@ -81,6 +81,15 @@ class VAE(nn.Module):
     def latent_dim(self) -> int:
         """D, the dimension of the latent space."""
         return self.encoder.loc_head.out_features
+
+    @property
+    def offdiag_enabled(self) -> bool:
+        """False holds the factor's off-diagonal part at zero, and its gradients with it; not saved, on by default."""
+        return bool(self.offdiag_scale != 0)
+
+    @offdiag_enabled.setter
+    def offdiag_enabled(self, enabled: bool) -> None:
+        self.offdiag_scale.fill_(OFFDIAG_SCALE if enabled else 0.0)
 
     @property
     def likelihood(self):
@@ -103,9 +112,9 @@ class VAE(nn.Module):
         if not self.training:
             self._check_images(x)
         loc, raw = self.encoder(x.reshape(x.shape[0], self.in_dim))  # (N, D), (N, n_raw)
-        offdiag_scale = OFFDIAG_SCALE if self.offdiag_enabled else 0.0
         with torch.autocast(device_type=loc.device.type, enabled=False):
-            return self._family.from_raw(at_least_float32(loc), raw, self.diag_transform, offdiag_scale, self.rank)
+            return self._family.from_raw(at_least_float32(loc), raw, self.diag_transform, self.offdiag_scale,
+                                         self.rank)
 
     def posterior(self, x: torch.Tensor) -> torch.distributions.Distribution:
         """q(z|x) as a ``torch.distributions`` object, batch shape ``(N,)``, event shape ``(D,)``.

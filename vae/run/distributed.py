@@ -165,7 +165,10 @@ class Ranks:
                     return getattr(self.module, name)
 
         device = next(model.parameters()).device
-        return _Replicated(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # no buffer broadcast before each forward: the model's one buffer, its off-diagonal factor, is set by
+        # every rank's epoch loop alike
+        return _Replicated(model, device_ids=[device.index] if device.type == "cuda" else None,
+                           broadcast_buffers=False)
 
     # -------------------------------------------------------------- collectives (no-ops on one process)
 

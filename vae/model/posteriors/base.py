@@ -4,13 +4,14 @@ See :mod:`vae.model.posteriors` for the families and what each owns.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import ClassVar, Optional
 
 import torch
 from torch import nn
 
-__all__ = ["GaussianPosterior", "SCALE_HEAD_INIT", "LOG_2PI", "log_standard_normal"]
+__all__ = ["GaussianPosterior", "SCALE_HEAD_INIT", "LOG_2PI", "FLOAT32_METHODS", "log_standard_normal"]
 
 SCALE_HEAD_INIT = 0.01  # shrinks the scale head's initial weights: every family starts near softplus(0)^2 I
 LOG_2PI = math.log(2 * math.pi)
@@ -25,6 +26,31 @@ def no_autocast(device: torch.device):
     return torch.autocast(device_type=device.type, enabled=False)
 
 
+FLOAT32_METHODS = ("transform", "log_prob_draws", "log_prob", "log_det", "trace", "kl_standard_normal",
+                   "conditional_variance", "distribution", "scale_tril", "covariance_matrix")
+"""The methods and properties of every family that run with autocast disabled: its covariance maths stays
+in the factors' own dtype (float32 or float64), whatever region the caller is in."""
+
+
+def _without_autocast(method):
+    """``method`` (a function of a posterior) run with autocast disabled on the posterior's device."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with no_autocast(self.loc.device):
+            return method(self, *args, **kwargs)
+    run.without_autocast = True
+    return run
+
+
+def _guard(cls: type, name: str) -> None:
+    """Wrap ``cls``'s own ``name`` (a method or a property) in :func:`_without_autocast`, once."""
+    member = cls.__dict__.get(name)
+    if isinstance(member, property) and not getattr(member.fget, "without_autocast", False):
+        setattr(cls, name, property(_without_autocast(member.fget), doc=member.__doc__))
+    elif callable(member) and not getattr(member, "without_autocast", False):
+        setattr(cls, name, _without_autocast(member))
+
+
 class GaussianPosterior:
     """N Gaussians in D dimensions: ``loc`` ``(N, D)`` and the family's factors, in the order of ``factors``.
 
@@ -34,6 +60,12 @@ class GaussianPosterior:
 
     family: ClassVar[str]
     factors: ClassVar[tuple[str, ...]]
+
+    def __init_subclass__(cls, **kwargs):
+        """Every family's covariance maths (:data:`FLOAT32_METHODS`) runs outside autocast, inherited or its own."""
+        super().__init_subclass__(**kwargs)
+        for name in FLOAT32_METHODS:
+            _guard(cls, name)
 
     def __init__(self, loc: torch.Tensor, *factors: torch.Tensor):
         if len(factors) != len(self.factors):
@@ -93,10 +125,8 @@ class GaussianPosterior:
     def rsample(self, k: int = 1, generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``k`` reparameterized draws per Gaussian: noise ``eps (N, K, E)`` and ``z = loc + factor(eps)`` ``(N, K, D)``."""
         loc = self.loc
-        with no_autocast(loc.device):
-            eps = torch.randn(loc.shape[0], k, self.noise_dim(), device=loc.device, dtype=loc.dtype,
-                              generator=generator)
-            return eps, self.transform(eps)
+        eps = torch.randn(loc.shape[0], k, self.noise_dim(), device=loc.device, dtype=loc.dtype, generator=generator)
+        return eps, self.transform(eps)
 
     def transform(self, eps: torch.Tensor) -> torch.Tensor:
         """The reparameterization of given noise ``eps (N, K, E)``: ``z = loc + factor(eps)`` ``(N, K, D)``."""
@@ -157,3 +187,7 @@ class GaussianPosterior:
     def covariance_matrix(self) -> torch.Tensor:
         r""":math:`\Sigma = L L^\top`, ``(N, D, D)``."""
         return self.scale_tril @ self.scale_tril.mT
+
+
+for _name in FLOAT32_METHODS:  # the base's own methods (the KL, the conditional variance, ...) too
+    _guard(GaussianPosterior, _name)

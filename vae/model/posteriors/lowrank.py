@@ -39,7 +39,7 @@ class LowRankGaussian(GaussianPosterior):
         raw = at_least_float32(raw)
         dim = loc.shape[-1]
         factor = raw[..., : dim * rank].unflatten(-1, (dim, rank))  # (N, D, R)
-        if offdiag_scale != 1.0:
+        if torch.is_tensor(offdiag_scale) or offdiag_scale != 1.0:
             factor = factor * offdiag_scale
         return cls(at_least_float32(loc), factor, positive(raw[..., dim * rank:], diag_transform).pow(2))
 
@@ -76,7 +76,9 @@ class LowRankGaussian(GaussianPosterior):
         if self._capacitance is None:
             scaled = self.cov_factor / self.cov_diag.sqrt().unsqueeze(-1)  # (N, D, R)
             eye = torch.eye(self.rank, dtype=scaled.dtype, device=scaled.device)
-            self._capacitance = scaled, torch.linalg.cholesky(eye + scaled.mT @ scaled)
+            # C >= I is positive definite by construction: no error check, which would read the result back
+            # to the host (a sync every step on a GPU, and forbidden inside a CUDA graph)
+            self._capacitance = scaled, torch.linalg.cholesky_ex(eye + scaled.mT @ scaled, check_errors=False).L
         return self._capacitance
 
     def log_prob(self, z):
