@@ -20,6 +20,7 @@ from vae.model.objectives import log_weights, negative_elbo, training_loss
 from vae.schedules import BURDA_EPOCHS, kl_weight, learning_rate
 from vae.run.signals import TrainingInterrupted
 from vae.run.state import resume_config
+import vae.training
 from vae.training import make_optimizer, train
 
 quiet = lambda *_: None  # noqa: E731
@@ -189,3 +190,48 @@ def test_the_iwae_preset_reproduces_the_shipped_iwae_run():
     assert {k: v for k, v in stored.items() if k not in where} == {
         k: v for k, v in dataclasses.asdict(preset).items() if k not in where and k in stored}
     assert Path(stored["init_from"]).name == Path(preset.init_from).name == "vae-full.pt"
+
+
+def test_eval_every_tests_and_saves_every_nth_epoch_and_the_last_and_trains_alike(fake_mnist, tmp_path, monkeypatch):
+    every_epoch = train(tiny_config(fake_mnist, tmp_path / "a", epochs=5), log=quiet)
+    writes = []
+    real_save = vae.training._Run.save
+    monkeypatch.setattr(vae.training._Run, "save", lambda run, path: (writes.append(path.name), real_save(run, path)))
+    sparse = train(tiny_config(fake_mnist, tmp_path / "b", epochs=5, eval_every=2), log=quiet)
+    assert writes.count("last.pt") == 3  # epochs 2, 4 and the last
+    rows, dense = read_metrics(sparse), read_metrics(every_epoch)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4", "5"]
+    tested = [math.isfinite(float(r["test_neg_elbo"])) for r in rows]
+    assert tested == [False, True, False, True, True]
+    for ours, theirs, was_tested in zip(rows, dense, tested):  # the training draws do not see the skipped tests
+        for name in set(ours) - TIMING - (set() if was_tested else {"test_neg_elbo", "test_recon", "test_kl"}):
+            assert ours[name] == theirs[name], name
+    assert load_checkpoint(sparse / "last.pt")["epoch"] == 5
+    assert load_checkpoint(sparse / "best.pt")["epoch"] in (2, 4, 5)
+
+
+@pytest.mark.parametrize("stop_after", [6, 9])  # at the end of untested epoch 1, and inside epoch 2
+def test_a_stop_between_tested_epochs_saves_and_resumes_exactly(fake_mnist, tmp_path, monkeypatch, stop_after):
+    recipe = dict(epochs=4, eval_every=3, kl_warmup=1)
+    straight = train(tiny_config(fake_mnist, tmp_path / "a", **recipe), log=quiet)
+    monkeypatch.setenv("VAE_TEST_FAULT_AT_STEP", f"{stop_after}=SIGINT")  # 6 steps an epoch
+    with pytest.raises(TrainingInterrupted):
+        train(tiny_config(fake_mnist, tmp_path / "b", **recipe), log=quiet)
+    monkeypatch.delenv("VAE_TEST_FAULT_AT_STEP")
+    assert load_checkpoint(tmp_path / "b" / "tiny" / "last.pt")["step"] == stop_after  # nothing lost
+    config, state = resume_config(tiny_config(fake_mnist, tmp_path / "b", resume=True, **recipe), {"resume"})
+    resumed = train(config, log=quiet, resume_state=state)
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]  # noqa: E731
+    assert strip(read_metrics(straight)) == strip(read_metrics(resumed))
+
+
+def test_eval_every_must_be_positive_and_may_change_on_resume(fake_mnist, tmp_path):
+    with pytest.raises(ValueError, match="eval_every.*positive"):
+        train(tiny_config(fake_mnist, tmp_path, eval_every=0), log=quiet)
+    train(tiny_config(fake_mnist, tmp_path, epochs=1), log=quiet)
+    config, _ = resume_config(tiny_config(fake_mnist, tmp_path, resume=True, epochs=2, eval_every=5),
+                              {"resume", "epochs", "eval_every"})
+    assert config.eval_every == 5

@@ -117,6 +117,10 @@ class TrainConfig:
     )
     grad_clip: typing.Optional[float] = _knob(None, "clip the gradient's global norm to this value")
     eval_batch_size: int = _knob(1000, "batch size of the per-epoch test evaluation")
+    eval_every: int = _knob(
+        1, "the test bound and the checkpoint writes (last.pt, best.pt, metrics.csv) every N epochs and after the "
+           "last; a stop or a crash resumes from the last one written"
+    )
     device: str = _knob("auto", "where to train", DEVICES)
     threads: int = _knob(0, THREADS_HELP)
     dist_timeout: float = _knob(
@@ -140,7 +144,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`~vae.cli.ArgumentError` (a ``ValueError``) with a one-line message for any impossible value."""
-        for name in ("latent_dim", "rank", "k", "epochs", "batch_size", "eval_batch_size"):
+        for name in ("latent_dim", "rank", "k", "epochs", "batch_size", "eval_batch_size", "eval_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ArgumentError(name, f"must be a positive integer, got {value}")

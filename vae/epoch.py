@@ -28,7 +28,8 @@ from vae.run.state import EpochResult, PartialEpoch
 from vae.schedules import kl_weight, learning_rate
 from vae.step import TrainStep
 
-__all__ = ["NonFiniteLossError", "EVAL_NOISE_SEED", "PROGRESS_EVERY", "evaluate", "train_epoch", "epoch_row"]
+__all__ = ["NonFiniteLossError", "EVAL_NOISE_SEED", "PROGRESS_EVERY", "NOT_TESTED", "evaluate", "train_epoch",
+           "epoch_row"]
 
 EVAL_NOISE_SEED = 0  # the per-epoch test bound uses the same posterior noise every epoch
 PROGRESS_EVERY = 50  # steps between host syncs for the progress bar and the finiteness check
@@ -150,9 +151,18 @@ def train_epoch(
     return EpochResult(sums, done, len(batches), seconds, start_rng, train_step.learning_rate, beta)
 
 
-def epoch_row(epoch: int, step: int, result: EpochResult, n_images: int, test: dict[str, float]) -> dict:
-    """The ``metrics.csv`` row of a finished epoch; a non-finite test bound stops the run."""
-    if not math.isfinite(test["test_neg_elbo"]):
+NOT_TESTED = {"test_neg_elbo": math.nan, "test_recon": math.nan, "test_kl": math.nan}
+"""The test columns of an epoch that ``--eval-every`` skips."""
+
+
+def epoch_row(epoch: int, step: int, result: EpochResult, n_images: int, test: Optional[dict[str, float]]) -> dict:
+    """The ``metrics.csv`` row of a finished epoch; a non-finite test bound stops the run.
+
+    ``test`` None: an epoch without a test bound (``--eval-every``); its test columns hold NaN.
+    """
+    if test is None:
+        test = NOT_TESTED
+    elif not math.isfinite(test["test_neg_elbo"]):
         raise NonFiniteLossError(
             f"non-finite test -ELBO after epoch {epoch}, step {step}; stopped without saving, "
             "the last checkpoint is the last good one (try a lower `lr` or `grad_clip`)"

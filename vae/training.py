@@ -1,7 +1,7 @@
 """The training loop: data on the device, Adam on the bound, per-epoch test, checkpoints.
 
 A run lives in ``<out_dir>/<run_name>/``: ``config.json``, ``metrics.csv``,
-``last.pt`` (every epoch), ``best.pt`` (lowest test -ELBO) and the pictures.
+``last.pt`` (every ``eval_every`` epochs, default 1), ``best.pt`` (lowest test -ELBO) and the pictures.
 ``resume`` continues from ``last.pt`` and, on the same device and seed, ends
 exactly where an uninterrupted run would, even after a stop in mid-epoch
 (see :mod:`vae.run.state`). SIGINT and SIGTERM stop the run after the current
@@ -124,6 +124,14 @@ class _Run:
         if path.name == "last.pt":
             write_config(self.run_dir, dataclasses.asdict(self.config))
 
+    def save_epoch(self, improved: bool) -> None:
+        """The end of an epoch on disk: ``last.pt``, ``best.pt`` if ``improved``, ``metrics.csv``, in this order."""
+        self.save(self.run_dir / "last.pt")  # the order a crash repair relies on (see vae.run.folder)
+        if improved:
+            self.save(self.run_dir / "best.pt")
+        if self.ranks.is_main:
+            write_metrics(self.run_dir / "metrics.csv", self.progress.metrics)
+
 
 def _start(config: TrainConfig, log, resume_state: Optional[dict[str, Any]], ranks: Ranks) -> _Run:
     """Check the run, load the data, build the model, and open (or resume) the run folder.
@@ -236,7 +244,12 @@ def _resume(config: TrainConfig, run_dir: Path, last: Path, state: dict, model: 
 
 
 def _run_epochs(run: _Run, log) -> None:
-    """Train the remaining epochs; each ends with the test bound, ``last.pt``, ``best.pt`` and ``metrics.csv``."""
+    """Train the remaining epochs; every ``eval_every``-th and the last end with the test bound and the files.
+
+    The files are ``last.pt``, ``best.pt`` (if the test bound improved) and ``metrics.csv``; a stop after
+    an epoch without them writes ``last.pt`` and ``metrics.csv`` too. Skipping the test bound changes no
+    training draw (it forks the RNG), so the epochs train alike with any ``eval_every``.
+    """
     config, progress, model, ranks = run.config, run.progress, run.model, run.ranks
     last = run.run_dir / "last.pt"
     with GracefulStop() as stop:
@@ -258,16 +271,17 @@ def _run_epochs(run: _Run, log) -> None:
                 raise TrainingInterrupted(stop.signum, run.run_dir, f"in epoch {epoch} at step {progress.step} "
                                           f"(batch {result.batch} of {result.n_batches})")
             model.offdiag_enabled = True  # the off-diagonal entries are exactly zero during the warm-up
-            test = ranks.from_main(lambda: evaluate(model, run.test_x, config.eval_batch_size, config.amp))
+            tested = epoch % config.eval_every == 0 or epoch == config.epochs
+            test = ranks.from_main(lambda: evaluate(model, run.test_x, config.eval_batch_size, config.amp)) \
+                if tested else None
             row = epoch_row(epoch, progress.step, result, len(run.train_data), test)
             improved = progress.complete(row)
-            run.save(last)  # last.pt, best.pt, metrics.csv: in this order (see vae.run.folder)
-            if improved:
-                run.save(run.run_dir / "best.pt")
-            if ranks.is_main:
-                write_metrics(run.run_dir / "metrics.csv", progress.metrics)
-            log(f"epoch {epoch:3d}  train {row['train_loss']:8.3f}  test -ELBO {row['test_neg_elbo']:8.3f}  "
-                f"(recon {row['test_recon']:.2f}, KL {row['test_kl']:.2f})  "
-                f"{row['images_per_s']:,.0f} img/s  {result.seconds:.1f}s")
+            if tested:
+                run.save_epoch(improved)
+            log(f"epoch {epoch:3d}  train {row['train_loss']:8.3f}  " + (
+                f"test -ELBO {row['test_neg_elbo']:8.3f}  (recon {row['test_recon']:.2f}, KL {row['test_kl']:.2f})  "
+                if tested else "") + f"{row['images_per_s']:,.0f} img/s  {result.seconds:.1f}s")
             if StopVote(ranks, stop).now():
+                if not tested:  # the epoch is saved (without its test bound), so the stop loses nothing
+                    run.save_epoch(improved)
                 raise TrainingInterrupted(stop.signum, run.run_dir, f"after epoch {epoch}")

@@ -148,13 +148,15 @@ def ellipses_figure(model: VAE, images: torch.Tensor, labels: torch.Tensor, n: i
 def curves_figure(metrics: Sequence[dict]) -> Figure:
     """Train and test -ELBO, and the test reconstruction and KL terms, per epoch."""
     epochs = [row["epoch"] for row in metrics]
+    tested = [row for row in metrics if not math.isnan(row["test_neg_elbo"])]  # --eval-every skips some
+    tested_epochs = [row["epoch"] for row in tested]
     fig = Figure(figsize=(11, 4))
     left, right = fig.subplots(1, 2)
     left.plot(epochs, [row["train_neg_elbo"] for row in metrics], "o-", label="train")
-    left.plot(epochs, [row["test_neg_elbo"] for row in metrics], "o-", label="test")
+    left.plot(tested_epochs, [row["test_neg_elbo"] for row in tested], "o-", label="test")
     left.set_ylabel("-ELBO (nats per image)")
-    right.plot(epochs, [row["test_recon"] for row in metrics], "o-", label="reconstruction")
-    right.plot(epochs, [row["test_kl"] for row in metrics], "o-", label="KL")
+    right.plot(tested_epochs, [row["test_recon"] for row in tested], "o-", label="reconstruction")
+    right.plot(tested_epochs, [row["test_kl"] for row in tested], "o-", label="KL")
     right.set_ylabel("test term (nats per image)")
     for ax in (left, right):
         ax.set_xlabel("epoch")

@@ -1,6 +1,6 @@
 """The run folder's files beside ``last.pt``: ``config.json``, ``metrics.csv``, and ``best.pt`` after a crash.
 
-Each epoch writes ``last.pt``, then ``config.json`` (the config ``last.pt``
+Each saved epoch (every ``eval_every``-th) writes ``last.pt``, then ``config.json`` (the config ``last.pt``
 holds), then ``best.pt`` (if the test bound improved), then ``metrics.csv``;
 a kill between two writes leaves the later files one epoch behind, and
 :func:`repair_run_folder` rewrites them from ``last.pt`` (:mod:`vae.run.state`).
@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -56,7 +57,10 @@ def repair_run_folder(run_dir: Path, state: dict[str, Any], progress: RunProgres
     write_metrics(run_dir / "metrics.csv", progress.metrics)
     if not progress.metrics or progress.partial is not None:
         return
-    best_row = min(progress.metrics, key=lambda row: row["test_neg_elbo"])
+    tested = [row for row in progress.metrics if not math.isnan(row["test_neg_elbo"])]  # see --eval-every
+    if not tested:
+        return
+    best_row = min(tested, key=lambda row: row["test_neg_elbo"])
     best_path = run_dir / "best.pt"
     if best_row["epoch"] == progress.epoch and _epoch_of(best_path) != progress.epoch:
         save_checkpoint({k: v for k, v in state.items() if k != "format"}, best_path)

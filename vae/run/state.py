@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 RESUMABLE_OVERRIDES = ("epochs", "data_dir", "out_dir", "run_name", "resume",
-                       "eval_batch_size", "amp", "compile", "plots", "progress", "grad_clip", "device", "dist_timeout",
+                       "eval_batch_size", "eval_every", "amp", "compile", "plots", "progress", "grad_clip", "device", "dist_timeout",
                        "threads")
 RESUME_KEYS = ("optimizer", "step", "rng", "best_test_neg_elbo")
 
@@ -106,11 +106,15 @@ class RunProgress:
     partial: Optional[PartialEpoch] = None
 
     def complete(self, row: dict) -> bool:
-        """Record the metrics row of a finished epoch; return whether its test -ELBO is the best yet."""
+        """Record the metrics row of a finished epoch; return whether its test -ELBO is the best yet.
+
+        An epoch without a test bound (``--eval-every``) holds NaN there, and is never the best.
+        """
         self.metrics.append(row)
         self.epoch, self.partial = row["epoch"], None
-        improved = row["test_neg_elbo"] < self.best
-        self.best = min(self.best, row["test_neg_elbo"])
+        improved = row["test_neg_elbo"] < self.best  # False for NaN
+        if improved:
+            self.best = row["test_neg_elbo"]
         return improved
 
 
