@@ -94,7 +94,7 @@ class OurSetting:
         torch.manual_seed(0)
         model = build_model(self.config).to(device)
         self.step = TrainStep(model, make_optimizer(model, self.config, device), self.config, device)
-        self.data_gen = torch.Generator(device=device).manual_seed(0)
+        self.data_gen = torch.Generator().manual_seed(0)  # the permutations: a CPU generator, as in training
         if compiled:
             self.epoch()  # compilation, untimed
 

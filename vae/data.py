@@ -191,6 +191,9 @@ def evaluation_images(images: torch.Tensor, binarize_mode: str) -> torch.Tensor:
 def batch_indices(
     n: int, batch_size: int, generator: torch.Generator, device: torch.device | str = "cpu"
 ) -> Iterator[torch.Tensor]:
-    """Yield the rows of one epoch: a fresh permutation cut into batches (the last may be short)."""
-    order = torch.randperm(n, generator=generator, device=device)  # (N,)
+    """Yield the rows of one epoch on ``device``: a fresh permutation cut into batches (the last may be short).
+
+    The permutation is drawn by ``generator`` on its own device (a CPU generator: the same rows on any device).
+    """
+    order = torch.randperm(n, generator=generator, device=generator.device).to(device)  # (N,)
     yield from order.split(batch_size)

@@ -16,8 +16,15 @@ rate and the KL weight then live in device tensors that the step fills, so a
 schedule never recompiles it. Inductor draws its random numbers with the
 eager operators (``fallback_random``), so a compiled step draws what the
 eager one does: on the CPU the two agree to float rounding, same seed, same
-numbers. On CUDA the binarization draws from the global CUDA generator, which
-CUDA graphs can replay, instead of the data generator.
+numbers.
+
+On CUDA the binarization draws from the global CUDA generator, eager or compiled
+(:func:`binarizes_from_global`): CUDA graphs can replay only that one, and one
+source for both keeps a resume that turns ``--compile`` on or off exact. Each
+compiled CUDA step marks its beginning
+(``torch.compiler.cudagraph_mark_step_begin``), so its forward, backward and
+update graphs are one generation of CUDA-graph memory: none frees what a later
+one of the same step still reads.
 """
 from __future__ import annotations
 
@@ -31,7 +38,12 @@ from vae.model import VAE
 from vae.model.objectives import training_loss
 from vae.run.distributed import Ranks, current
 
-__all__ = ["TrainStep", "compile_options"]
+__all__ = ["TrainStep", "compile_options", "binarizes_from_global"]
+
+
+def binarizes_from_global(device: torch.device, binarization: str) -> bool:
+    """Whether a step on ``device`` draws its dynamic binarization from the global RNG, compiled or not (CUDA)."""
+    return device.type == "cuda" and binarization == "dynamic"
 
 
 def compile_options(device: torch.device) -> dict:
@@ -59,8 +71,9 @@ class TrainStep:
         self.ranks = current() if ranks is None else ranks
         self.step_model = model if step_model is None else step_model
         self.compiled = config.compile
-        # a compiled CUDA step binarizes inside its graph, from the global CUDA generator (CUDA graphs replay it)
-        self._binarize_in_graph = self.compiled and device.type == "cuda" and config.binarize == "dynamic"
+        self._binarize_global = binarizes_from_global(device, config.binarize)
+        self._binarize_in_graph = self.compiled and self._binarize_global  # CUDA graphs replay the global generator
+        self._cuda_graphs = self.compiled and device.type == "cuda"
         self._loss, self._update = self._loss_eager, self._update_eager
         if self.compiled:
             for group in optimizer.param_groups:  # a tensor learning rate: a schedule never recompiles the update
@@ -89,7 +102,8 @@ class TrainStep:
 
         Args:
             images: this process's rows of the batch, intensities ``(b, 784)``.
-            generator: draws the binarization (``--binarize dynamic``); beta: the KL weight.
+            generator: draws the binarization (``--binarize dynamic``; on CUDA the global generator does,
+                see :func:`binarizes_from_global`); beta: the KL weight.
             batch_rows: the global batch's ``B`` (default ``b``).
 
         Returns:
@@ -99,9 +113,12 @@ class TrainStep:
         batch_rows = images.shape[0] if batch_rows is None else batch_rows
         x = images  # (b, 784)
         if self.config.binarize == "dynamic" and not self._binarize_in_graph:
-            x = binarize(images, generator)  # outside a compiled graph: Dynamo cannot trace a generator
+            # outside a compiled graph: Dynamo cannot trace a generator
+            x = binarize(images, None if self._binarize_global else generator)
         if not self.compiled:
             return self._loss_eager(x, beta, batch_rows)
+        if self._cuda_graphs:  # the step's graphs are one generation of CUDA-graph memory
+            torch.compiler.cudagraph_mark_step_begin()
         beta = self._beta.fill_(beta)  # a tensor, 1 included: the warm-up and the rest share one graph
         loss, stats = self._loss(x, beta, batch_rows)
         return loss, stats.clone()  # a CUDA graph's outputs are overwritten by its next replay

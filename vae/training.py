@@ -33,7 +33,7 @@ from vae.run.folder import repair_run_folder, write_config, write_metrics
 from vae.run.state import RunProgress, check_resume, checked_last, checkpoint_state, restore_run, rng_state
 from vae.step import TrainStep
 
-__all__ = ["DATA_SEED_OFFSET", "make_optimizer", "init_output_bias", "check_batch_split", "train"]
+__all__ = ["DATA_SEED_OFFSET", "make_optimizer", "make_generators", "init_output_bias", "check_batch_split", "train"]
 
 DATA_SEED_OFFSET = 0x5EED  # the data generator's seed is the run's seed plus this
 PIXEL_MEAN_CLAMP = 1e-3  # the output bias's mean intensities are clamped to [c, 1 - c]: finite logits
@@ -196,23 +196,35 @@ def _build_model(config: TrainConfig, train_data: ImageSplit, initial: Optional[
                  ranks: Ranks) -> tuple[VAE, torch.Generator, torch.Generator]:
     """The seeded model on ``device`` (a fine-tune's start loaded), the data generator and the binarization one.
 
-    One process binarizes from the data generator. Under torchrun the data generator (the
-    permutations) is the same on every rank; binarization and posterior noise (the global
-    RNG) come from per-rank streams (:func:`vae.run.distributed.rank_seed`).
+    See :func:`make_generators`; under torchrun the posterior noise (the global RNG) is a per-rank stream.
     """
     torch.manual_seed(config.seed)
-    # its own stream: seeded like the global RNG, its draws would replay the weight init
-    data_gen = torch.Generator(device=device).manual_seed(config.seed + DATA_SEED_OFFSET)
+    data_gen, noise_gen = make_generators(config, device, ranks)
     model = build_model(config)
     if config.output_bias == "mean" and initial is None and not config.resume:  # else the weights are loaded
         init_output_bias(model, train_data.images)
     if initial is not None:
         load_weights(model, initial, config.init_from)
-    noise_gen = data_gen
     if ranks.distributed:
-        noise_gen = torch.Generator(device=device).manual_seed(rank_seed(config.seed, ranks.rank, "binarize"))
         torch.manual_seed(rank_seed(config.seed, ranks.rank, "posterior"))
     return model.to(device), data_gen, noise_gen
+
+
+def make_generators(config: TrainConfig, device: torch.device, ranks: Ranks) -> tuple[torch.Generator, torch.Generator]:
+    """The data generator (the epochs' permutations) and the binarization one.
+
+    The permutations come from a CPU generator on every device: the same stream on every rank, and on
+    any GPU model (a CUDA generator's output may depend on the device). On the CPU one process
+    binarizes from the data generator, and under torchrun each rank from its own stream
+    (:func:`vae.run.distributed.rank_seed`); on CUDA the step binarizes from the global CUDA generator
+    (:func:`vae.step.binarizes_from_global`); on another device from a stream of that device.
+    """
+    # its own stream: seeded like the global RNG, its draws would replay the weight init
+    data_gen = torch.Generator().manual_seed(config.seed + DATA_SEED_OFFSET)
+    if device.type == "cuda" or (device.type == "cpu" and not ranks.distributed):
+        return data_gen, data_gen
+    seed = rank_seed(config.seed, ranks.rank, "binarize") if ranks.distributed else config.seed + DATA_SEED_OFFSET
+    return data_gen, torch.Generator(device=device).manual_seed(seed)
 
 
 def _open_run_folder(config: TrainConfig, run_dir: Path) -> None:
