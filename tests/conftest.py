@@ -17,6 +17,21 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 
+CUDA_MARKS = (pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))
+"""The marks of a test that needs a GPU: skipped here, run by ``benchmarks/gpu.sh`` (``pytest -m cuda``)."""
+
+
+def needs_cuda(test):
+    """Mark ``test`` with :data:`CUDA_MARKS`."""
+    for mark in CUDA_MARKS:
+        test = mark(test)
+    return test
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA device (benchmarks/gpu.sh runs them: pytest -m cuda)")
+
+
 def real_data_dir() -> Path:
     """``$VAE_DATA_DIR``, else ``../shared/data`` beside the repository."""
     return Path(os.environ.get("VAE_DATA_DIR") or REPO.parent / "shared" / "data")

@@ -119,6 +119,24 @@ def test_a_run_resumed_at_an_epoch_boundary_ends_like_the_straight_run(two_epoch
     assert_matches_reference(run_dir, reference)
 
 
+def test_a_compiled_run_trains_and_resumes_like_the_eager_one(data, reference, tmp_path):
+    # DDP under torch.compile: Dynamo splits the forward at DDP's gradient buckets (its DDPOptimizer); the
+    # draws are the eager step's (inductor's eager RNG), so the run follows the eager one to float rounding
+    first = torchrun(*train_args(data, tmp_path, "c", 1, "--compile"))
+    assert first.returncode == 0, first.stderr
+    assert_no_traceback_of_ours(first)
+    resumed = torchrun("--resume", "--out-dir", str(tmp_path), "--run-name", "c", "--epochs", "2", "--compile")
+    assert resumed.returncode == 0, resumed.stderr
+    assert epochs_printed(resumed) == [2]
+    ours_rows, eager_rows = read_metrics(tmp_path / "c"), read_metrics(reference)[:2]
+    assert [row["epoch"] for row in ours_rows] == ["1", "2"]
+    for row, eager in zip(ours_rows, eager_rows):
+        for name in ("train_loss", "test_neg_elbo", "test_kl"):
+            assert float(row[name]) == pytest.approx(float(eager[name]), rel=1e-3), name
+    state = load_checkpoint(tmp_path / "c" / "last.pt")
+    assert state["world_size"] == NPROC and state["config"]["compile"]
+
+
 def test_sigterm_to_torchrun_stops_every_rank_after_one_step_and_resumes_exactly(data, reference, tmp_path):
     step = STEPS + 8  # rank 0 signals torchrun after this step; torchrun passes SIGTERM to both ranks
     result = torchrun(*train_args(data, tmp_path, "r", 3), env={"VAE_TEST_FAULT_AT_STEP": f"{step}=SIGTERM@launcher"})

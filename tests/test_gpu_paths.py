@@ -82,9 +82,12 @@ def test_the_gpu_check_dry_runs_on_the_cpu_and_reports_every_stage(tmp_path):
                             text=True, timeout=900)
     summary = (out / "gpu-summary.md").read_text()
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    rows = [line for line in summary.splitlines() if line.startswith("| ") and not line.startswith("| stage")]
-    stages = {row.split("|")[1].strip(): row.split("|")[2].strip() for row in rows if "|" in row[2:]}
-    for name in ("train-full-eager-fp32", "train-lowrank-compiled-amp", "resume", "ddp", "speed-eval-every"):
-        assert name in stages, summary
-    failed = {name: code for name, code in stages.items() if code.split()[0] not in ("0", "skipped")}
-    assert not failed, summary
+    table = summary.split("| stage | exit | time |")[1].split("\n## ")[0]
+    stages = {row.split("|")[1].strip(): row.split("|")[2].strip() for row in table.splitlines()[2:] if row}
+    assert list(stages) == ["tests", "matrix", "resume", "ddp", "speed-eval-every-1", "speed-eval-every-3",
+                            "tf32-float32", "tf32-tf32", "throughput"], summary
+    assert all(code == "0" for code in stages.values()), summary
+    matrix = [row for row in summary.split("## matrix")[1].split("\n## ")[0].splitlines() if row.startswith("| ")]
+    settings = [row.split("|")[1:4] for row in matrix[1:]]
+    assert len(settings) in (6, 12) and all(" ok " in row for row in matrix[1:]), summary  # 6: no native bf16
+    assert "difference" in summary.split("## resume")[1] and "eval every 3" in summary

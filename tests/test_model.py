@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Bernoulli, MultivariateNormal, kl_divergence
 
+from tests.conftest import needs_cuda
+
 from vae.cholesky import entries_to_scale_tril, tril_size
 from vae.model import VAE, FullGaussian
 from vae.model.likelihood import BernoulliLikelihood
@@ -159,7 +161,7 @@ def test_covariance_maths_stays_float32_under_autocast():
     assert logits.dtype == torch.bfloat16  # the MLP itself did run in reduced precision
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@needs_cuda
 def test_cuda_bf16_autocast_step():
     model = VAE(latent_dim=8, hidden=(64,)).cuda()
     x = torch.rand(16, 784, device="cuda").bernoulli()

@@ -6,7 +6,7 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 import vae.devices
-from tests.conftest import run_cli
+from tests.conftest import CUDA_MARKS, run_cli
 from tests.test_training import read_metrics, tiny_config
 from vae.config import TrainConfig
 from vae.devices import check_amp, native_bf16
@@ -18,22 +18,24 @@ from vae.step import TrainStep
 from vae.training import make_optimizer, train
 
 CPU = torch.device("cpu")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA_MARKS)]
 needs_bf16 = pytest.mark.skipif(native_bf16() is None, reason="this CPU has no native bf16")
 
 
-def large_posterior(family: str, dim: int = 32, rank: int = 8, n: int = 6, seed: int = 0):
+def large_posterior(family: str, dim: int = 32, rank: int = 8, n: int = 6, seed: int = 0, device="cpu"):
     """A posterior of ``family`` from large raw outputs, where bf16 matmuls would be far off."""
     g = torch.Generator().manual_seed(seed)
     cls = FAMILIES[family]
     loc = 3 * torch.randn(n, dim, generator=g)
     raw = 4 * torch.randn(n, cls.head_size(dim, rank), generator=g)
-    return cls.from_raw(loc, raw, rank=rank)
+    return cls.from_raw(loc.to(device), raw.to(device), rank=rank)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_every_density_and_kl_method_is_float32_exact_under_cpu_autocast(family):
-    q = large_posterior(family)
-    eps = torch.randn(q.loc.shape[0], 5, q.noise_dim(), generator=torch.Generator().manual_seed(1))
+def test_every_density_and_kl_method_is_float32_exact_under_autocast(family, device):
+    q = large_posterior(family, device=device)
+    eps = torch.randn(q.loc.shape[0], 5, q.noise_dim(), generator=torch.Generator().manual_seed(1)).to(device)
     z = q.transform(eps)
 
     def values():
@@ -45,7 +47,7 @@ def test_every_density_and_kl_method_is_float32_exact_under_cpu_autocast(family)
     expected = values()
     if family == "lowrank":
         q._capacitance = None  # built afresh inside the autocast region
-    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+    with torch.autocast(device_type=device, dtype=torch.bfloat16):
         got = values()
     for name, value in got.items():
         assert value.dtype == torch.float32, name
@@ -66,13 +68,16 @@ def test_the_lowrank_cholesky_carries_no_error_check_that_reads_back_to_the_host
     assert "_linalg_check_errors" not in graph
 
 
-def test_the_diagonal_warm_up_switch_never_recompiles_the_compiled_step():
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_diagonal_warm_up_switch_never_recompiles_the_compiled_step(device):
     torch._dynamo.reset()
-    config = TrainConfig(latent_dim=4, hidden=(16,), posterior="full", compile=True, device="cpu")
+    torch._dynamo.utils.counters.clear()
+    device = torch.device(device)
+    config = TrainConfig(latent_dim=4, hidden=(16,), posterior="full", compile=True, device=device.type)
     torch.manual_seed(0)
-    model = build_model(config)
-    step = TrainStep(model, make_optimizer(model, config, CPU), config, CPU)
-    images, generator = torch.rand(8, 784), torch.Generator().manual_seed(0)
+    model = build_model(config).to(device)
+    step = TrainStep(model, make_optimizer(model, config, device), config, device)
+    images, generator = torch.rand(8, 784, device=device), torch.Generator(device=device).manual_seed(0)
     frames = []
     for enabled in (False, True, False):
         model.offdiag_enabled = enabled

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import vae
-from tests.conftest import run_cli
+from tests.conftest import needs_cuda, run_cli
 from vae.run.checkpoint import load_checkpoint
 from vae.config import TrainConfig
 from vae.data import DataError, load_split
@@ -158,7 +158,7 @@ def test_cli_short_run_on_real_mnist_writes_every_picture(real_data, tmp_path):
     assert (out / "ellipses.png").stat().st_size > 5000
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@needs_cuda
 def test_cuda_amp_epoch(fake_mnist, tmp_path):
     run_dir = train(tiny_config(fake_mnist, tmp_path, device="cuda", amp=True), log=lambda *_: None)
     assert float(read_metrics(run_dir)[0]["test_neg_elbo"]) > 0
