@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objective", default="iwae", choices=("elbo", "iwae"))
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--estimator", default="dreg", choices=("reparam", "stl", "dreg"))
-    parser.add_argument("--grad-clip", type=float, default=100.0, help="clipping on: it mutates the gradients")
+    parser.add_argument("--grad-clip", type=float, default=100.0, help="clipping on (it scales the gradients in place, between the compiled graphs)")
     parser.add_argument("--posteriors", nargs="+", default=list(FAMILIES), choices=tuple(FAMILIES))
     parser.add_argument("--compiled", nargs="*", default=None, choices=tuple(FAMILIES),
                         help="the families also run compiled (default: all of --posteriors)")

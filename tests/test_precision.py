@@ -103,8 +103,8 @@ def test_amp_is_refused_in_one_line_where_the_cpu_has_no_native_bf16(monkeypatch
 def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
     import builtins
     real_open = builtins.open
-    for flags, expected in (("fpu avx512f avx512_bf16 amx_bf16 amx_tile", "AMX"), ("fpu avx512f avx512_bf16", "AVX512-BF16"),
-                            ("fpu sse2 avx2", None)):
+    for flags, expected in (("fpu avx512f avx512_bf16 amx_bf16 amx_tile", "AMX"),
+                            ("fpu avx512f avx512_bf16", "AVX512-BF16"), ("fpu sse2 avx2", None)):
         info = tmp_path / "cpuinfo"
         info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
         monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(info if path == "/proc/cpuinfo" else path,

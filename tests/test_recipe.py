@@ -97,6 +97,15 @@ def test_warm_up_and_schedule_are_recorded_per_epoch(fake_mnist, tmp_path):
     assert load_checkpoint(run / "last.pt")["optimizer"]["param_groups"][0]["lr"] == pytest.approx(float(rows[-1]["lr"]))
 
 
+def assert_same_run(straight, resumed) -> None:
+    """The resumed run ended with the straight run's weights and metrics (timing columns aside)."""
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]  # noqa: E731
+    assert strip(read_metrics(straight)) == strip(read_metrics(resumed))
+
+
 @pytest.mark.parametrize("stop_after", [3, 8])  # inside the warm-up's first epoch, and in its second
 def test_resume_is_exact_through_warm_up_and_schedule(fake_mnist, tmp_path, monkeypatch, stop_after):
     recipe = dict(epochs=3, kl_warmup=2, lr_schedule="burda", adam_eps=1e-4, objective="iwae", k=3,
@@ -109,11 +118,7 @@ def test_resume_is_exact_through_warm_up_and_schedule(fake_mnist, tmp_path, monk
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     config, state = resume_config(tiny_config(fake_mnist, tmp_path / "b", resume=True), {"resume"})
     resumed = train(config, log=quiet, resume_state=state)
-    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
-    for name, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][name]), name
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]  # noqa: E731
-    assert strip(read_metrics(straight)) == strip(read_metrics(resumed))
+    assert_same_run(straight, resumed)
 
 
 def test_resume_refuses_to_rescale_a_schedule(fake_mnist, tmp_path):
@@ -221,11 +226,7 @@ def test_a_stop_between_tested_epochs_saves_and_resumes_exactly(fake_mnist, tmp_
     assert load_checkpoint(tmp_path / "b" / "tiny" / "last.pt")["step"] == stop_after  # nothing lost
     config, state = resume_config(tiny_config(fake_mnist, tmp_path / "b", resume=True, **recipe), {"resume"})
     resumed = train(config, log=quiet, resume_state=state)
-    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
-    for name, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][name]), name
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]  # noqa: E731
-    assert strip(read_metrics(straight)) == strip(read_metrics(resumed))
+    assert_same_run(straight, resumed)
 
 
 def test_eval_every_must_be_positive_and_may_change_on_resume(fake_mnist, tmp_path):

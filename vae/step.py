@@ -9,8 +9,10 @@ bookkeeping between them (:mod:`vae.epoch`):
 - :meth:`TrainStep.update`: the backward pass, gradient clipping, and Adam.
 
 With ``--compile`` both are ``torch.compile``'d: the forward pass with its
-draws, the backward pass that AOTAutograd derives from it, and the clipping
-and optimizer update. On CUDA they run as CUDA graphs (inductor's
+draws, the backward pass that AOTAutograd derives from it, and the optimizer
+update. Gradient clipping runs between them, eagerly: it scales the gradients
+in place, and a compiled graph that mutates its inputs cannot run as a CUDA
+graph. On CUDA they run as CUDA graphs (inductor's
 ``triton.cudagraphs``, what ``mode="reduce-overhead"`` sets). The learning
 rate and the KL weight then live in device tensors that the step fills, so a
 schedule never recompiles it. Inductor draws its random numbers with the
@@ -128,6 +130,10 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         with self.ranks.communicating():
             loss.backward()
+        if self.config.grad_clip is not None:
+            # outside the compiled update: it scales the gradients in place, and a compiled graph that mutates
+            # its inputs does not run as a CUDA graph; the norm stays on the device (no host sync)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self._update()
 
     def _loss_eager(self, x, beta, batch_rows):
@@ -141,6 +147,4 @@ class TrainStep:
         return loss, stats
 
     def _update_eager(self):
-        if self.config.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()

@@ -125,7 +125,8 @@ class GaussianPosterior:
     def rsample(self, k: int = 1, generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``k`` reparameterized draws per Gaussian: noise ``eps (N, K, E)`` and ``z = loc + factor(eps)`` ``(N, K, D)``."""
         loc = self.loc
-        eps = torch.randn(loc.shape[0], k, self.noise_dim(), device=loc.device, dtype=loc.dtype, generator=generator)
+        eps = torch.randn(loc.shape[0], k, self.noise_dim(), device=loc.device, dtype=loc.dtype,
+                          generator=generator)
         return eps, self.transform(eps)
 
     def transform(self, eps: torch.Tensor) -> torch.Tensor:
