@@ -37,10 +37,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
 __all__ = ["DistributedError", "PeerFailed", "Ranks", "from_env", "current", "process_group", "rank_seed",
-           "LAUNCHER_ENV"]
+           "LAUNCHER_ENV", "CPP_LOG_ENV"]
 
 LAUNCHER_ENV = "FULLCOV_LAUNCHER"
 """Set by :mod:`vae.launch` for the training processes: the command that launched them, for resume hints."""
+CPP_LOG_ENV = "TORCH_CPP_LOG_LEVEL"
+"""torch's C++ log level; training under torchrun sets it to FATAL unless it is set: c10d's own log of a
+failed join (dozens of lines with a C++ backtrace) would come before the rank's one line."""
 _COMMUNICATION = ("gloo", "nccl", "NCCL", "Connection closed", "Connection reset", "Timed out", "timed out")
 
 
