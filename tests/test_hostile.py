@@ -174,9 +174,11 @@ def test_long_paths_get_one_line(tmp_path):
         "out-dir": ["train.py", "--out-dir", str(tmp_path / long), *flags],
         "out": ["-m", "vae.evaluate", "--out", str(tmp_path / f"{long}.json"), "--k", "1"],
         "checkpoint": ["-m", "vae.evaluate", str(tmp_path / f"{long}.pt"), "--k", "1"],
+        "data-dir": ["-m", "vae.gaps", "--data-dir", str(tmp_path / long), "--k", "1"],
+        "out pictures": ["-m", "vae.visualize", "--out", str(tmp_path / long)],
     }, workers=2)
-    for flag, result in results.items():
-        assert_one_line_error(result, 2, f"--{flag}", "over the 255 bytes a file name may have")
+    for name, result in results.items():
+        assert_one_line_error(result, 2, f"--{name.split()[0]}", "over the 255 bytes a file name may have")
 
 
 def test_training_never_writes_into_the_shipped_folder(tmp_path):

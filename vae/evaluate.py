@@ -162,6 +162,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     checkpoint = Path(args.checkpoint) if args.checkpoint else PRETRAINED
     try:
         check_path("checkpoint", checkpoint)
+        if args.data_dir:
+            check_path("data_dir", args.data_dir)
         out = Path(args.out) if args.out else result_path(checkpoint, args.split, args.k, args.limit, args.seed)
         check_output_path(out)  # before a long evaluation
         device = resolve_device(args.device)

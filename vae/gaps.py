@@ -235,6 +235,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     checkpoint = Path(args.checkpoint) if args.checkpoint else PRETRAINED
     try:
         check_path("checkpoint", checkpoint)
+        if args.data_dir:
+            check_path("data_dir", args.data_dir)
         out = Path(args.out) if args.out else result_path(checkpoint, "test", args.k, args.limit, args.seed, "gaps")
         check_seed(args.seed)
         if not (args.lr > 0 and math.isfinite(args.lr)):

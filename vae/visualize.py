@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import torch
 from matplotlib.figure import Figure
 
-from vae.cli import ArgumentParser, command_name, say
+from vae.cli import ArgumentParser, check_path, command_name, say
 from vae.data import DataError, load_split, resolve_data_dir
 from vae.model import VAE
 from vae.run.checkpoint import PRETRAINED, CheckpointError, check_not_shipped, is_shipped, load_run
@@ -204,6 +204,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     out = Path(args.out) if args.out else (
         Path(f"{checkpoint.stem}-pictures") if is_shipped(checkpoint) else checkpoint.parent)
     try:
+        check_path("checkpoint", checkpoint)
+        check_path("out", out / "reconstructions.png")
         check_not_shipped(out / "x.png", f"pictures to {out}")
         paths = write_run_pictures(args.checkpoint, out, args.data_dir)
     except (ValueError, DataError) as err:  # the shipped folder, a dataset that cannot be loaded
