@@ -154,6 +154,19 @@ def test_a_symlinked_lock_file_never_writes_its_target(good, tmp_path):
     assert_one_line_error(run_cli(*resume, timeout=TIMEOUT), 2, "FIFO")
 
 
+def test_a_run_folder_that_is_a_link_is_refused(good, tmp_path):
+    elsewhere = tmp_path / "home"
+    elsewhere.mkdir()
+    (elsewhere / "config.json").write_text("mine\n")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "r").symlink_to(Path("..") / "home")
+    result = run_cli("train.py", "--out-dir", str(tmp_path / "runs"), "--run-name", "r", "--epochs", "1",
+                     "--no-plots", "--device", "cpu", timeout=TIMEOUT)
+    assert_one_line_error(result, 2, "--run-name", "symbolic link")
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["config.json"]
+    assert (elsewhere / "config.json").read_text() == "mine\n"
+
+
 def test_special_files_and_link_loops_are_not_checkpoints(tmp_path):
     os.mkfifo(tmp_path / "fifo.pt")
     (tmp_path / "loop-a").symlink_to(tmp_path / "loop-b")

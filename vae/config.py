@@ -207,7 +207,8 @@ class TrainConfig:
         """The run folder ``<out_dir>/<name>``, once sure that it can be created; nothing is created.
 
         Raises:
-            ValueError: a file stands in the way, or the nearest existing folder cannot be written.
+            ValueError: a file or a symbolic link stands in the way, the folder would lie in the shipped
+                folder, or the nearest existing folder cannot be written.
         """
         run_dir = Path(self.out_dir) / self.name
         check_path("out_dir", run_dir / ".fullcov-last.pt.12345678.tmp")  # the longest name written there
@@ -217,6 +218,9 @@ class TrainConfig:
             raise ArgumentError("out_dir", f"{self.out_dir}: the run folder {run_dir} would lie in {PRETRAINED_DIR}, "
                                            "which holds the shipped models and which no command writes; choose "
                                            "another `out_dir`")
+        if os.path.islink(run_dir):  # e.g. unpacked from an archive: its files would be written wherever it points
+            raise ArgumentError("run_name", f"{run_dir} is a symbolic link; a run folder must be a folder of its own "
+                                            "(to train on another disk, point `out_dir` there)")
         existing = run_dir
         while not os.path.lexists(existing) and existing.parent != existing:
             existing = existing.parent
