@@ -22,7 +22,7 @@ __all__ = [
     "CHOICES", "DATASETS", "FAMILIES", "DIAG_TRANSFORMS", "DEVICES", "OBJECTIVES", "ESTIMATORS", "LR_SCHEDULES",
     "BINARIZATIONS", "OUTPUT_BIASES", "FIT_OBJECTIVES", "FIT_OPTIMIZERS", "THREADS_HELP", "ArgumentError",
     "check_choice", "flag", "as_flags", "command_name", "ArgumentParser", "require_positive", "NAME_MAX",
-    "PATH_MAX", "check_path", "say",
+    "PATH_MAX", "check_path", "say", "silence",
 ]
 
 NAME_MAX, PATH_MAX = 255, 4095  # bytes in one file name and in a whole path (Linux, macOS: 1023)

@@ -126,12 +126,9 @@ def resume_config(config: TrainConfig, explicit: set[str],
     from the stored run: ``epochs`` among them, to extend a run at a constant
     learning rate (a schedule is scaled to the run's epochs), and ``device``,
     to name the device it was trained on (``--device cpu`` for a run stored as
-    ``auto``; another device is refused, see :func:`check_resume`). ``world_size``, the
-    processes that would continue it, is checked first: a different count explains any flag
-    that it would make wrong (a batch size that the new count does not divide, say).
-
-    The data folder is ``data_dir`` if given now, else ``$VAE_DATA_DIR`` (the stored
-    ``data_dir`` is then dropped), else the stored one.
+    ``auto``; another device is refused, see :func:`check_resume`). ``world_size`` (the processes
+    that would continue it) is checked first: a new count explains any flag it would make wrong.
+    The data folder: ``data_dir`` if given now, else ``$VAE_DATA_DIR`` (dropping the stored one).
 
     Raises:
         ValueError: no run to resume, a flag that contradicts the stored run, or
