@@ -163,9 +163,9 @@ def _train_and_draw(parser: ArgumentParser, config: TrainConfig, state: Optional
     if not ranks.is_main:
         return 0
     if config.plots:
-        from vae.visualize import write_run_pictures
-
         try:
+            from vae.visualize import write_run_pictures  # matplotlib: seconds in which a Ctrl-C may land
+
             for path in write_run_pictures(run_dir / "best.pt", run_dir, data_dir=config.data_dir):
                 say(f"wrote {path}")
         except (DataError, CheckpointError, OSError) as err:  # the run itself is saved
