@@ -36,6 +36,7 @@ SHIPPED_MODELS = ("vae-full.pt", "vae-diagonal.pt", "iwae-full.pt")
 PRETRAINED = PRETRAINED_DIR / "iwae-full.pt"
 """The shipped model with the lowest test NLL (K = 5000): the default of ``vae.evaluate`` and ``vae.visualize``."""
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # opening a FIFO must not wait for a writer (no such flag on Windows)
 
 
 class CheckpointError(Exception):
@@ -104,7 +105,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def _open_regular(path: Path):
     """``path`` opened for reading, once sure it is a regular file (a FIFO would block, a device never end)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, os.O_RDONLY | _NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
     except OSError as err:
         if err.errno in (errno.ENOENT, errno.ENOTDIR):
             raise CheckpointError(f"{path}: no such checkpoint file") from None
@@ -116,7 +117,8 @@ def _open_regular(path: Path):
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise CheckpointError(f"{path}: not a regular file (a folder, a FIFO or a device), not a checkpoint")
-    os.set_blocking(fd, True)
+    if _NONBLOCK:
+        os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
 
 

@@ -85,7 +85,8 @@ class RunLock:
             UnsafeLockFile: it is a symbolic link, a FIFO, a device or a folder.
             OSError: the lock file cannot be opened.
         """
-        flags = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+        flags = (os.O_RDWR | os.O_CREAT | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+                 | getattr(os, "O_NOFOLLOW", 0))
         if os.path.islink(self.path):  # also where O_NOFOLLOW is missing
             raise UnsafeLockFile(self.path, "a symbolic link")
         try:
