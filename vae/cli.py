@@ -13,16 +13,18 @@ Every list of choices is written once, here:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
+import tempfile
 import typing
 
 __all__ = [
     "CHOICES", "DATASETS", "FAMILIES", "DIAG_TRANSFORMS", "DEVICES", "OBJECTIVES", "ESTIMATORS", "LR_SCHEDULES",
     "BINARIZATIONS", "OUTPUT_BIASES", "FIT_OBJECTIVES", "FIT_OPTIMIZERS", "THREADS_HELP", "ArgumentError",
     "check_choice", "flag", "as_flags", "command_name", "ArgumentParser", "require_positive", "NAME_MAX",
-    "PATH_MAX", "check_path", "say", "silence",
+    "PATH_MAX", "check_path", "say", "silence", "native_stderr_held",
 ]
 
 NAME_MAX, PATH_MAX = 255, 4095  # bytes in one file name and in a whole path (Linux, macOS: 1023)
@@ -175,6 +177,35 @@ def silence(stream: typing.TextIO) -> None:
             os.close(null)
     except (OSError, ValueError, AttributeError):  # no file descriptor: nothing to redirect
         pass
+
+
+@contextlib.contextmanager
+def native_stderr_held() -> typing.Iterator[None]:
+    """Hold what native code writes to file descriptor 2 inside the block: replayed if the block succeeds,
+    dropped if it raises (its one-line error says what happened; a C++ library's log would come first)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no descriptor 2: nothing to hold
+        yield
+        return
+    held = tempfile.TemporaryFile()
+    os.dup2(held.fileno(), 2)
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        with held:
+            held.seek(0)
+            text = held.read()
+            if ok and text:
+                with contextlib.suppress(OSError):
+                    os.write(2, text)
 
 
 def require_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:

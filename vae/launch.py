@@ -23,7 +23,7 @@ import sys
 from typing import Optional
 
 from vae.cli import command_name, say
-from vae.run.distributed import CPP_LOG_ENV, LAUNCHER_ENV
+from vae.run.distributed import LAUNCHER_ENV
 
 __all__ = ["STOPPED", "main"]
 
@@ -45,7 +45,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         say(f"{prog}: error: --nproc-per-node must be a positive number of processes, got {nproc}", file=sys.stderr)
         return 2
     os.environ[LAUNCHER_ENV] = prog
-    os.environ.setdefault(CPP_LOG_ENV, "FATAL")  # c10d's own log of a timed-out join: the rank says it in one line
     # its notes on stopping processes, and its "failed (exitcode: N)" line: each process said what happened
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:

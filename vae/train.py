@@ -17,14 +17,13 @@ after saving ``last.pt`` (the message says how to resume).
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from typing import Optional
 
 from vae.cli import ArgumentParser, as_flags, command_name, say, silence
 from vae.config import TrainConfig, add_config_args, preset_config
-from vae.run.distributed import CPP_LOG_ENV, from_env
+from vae.run.distributed import from_env
 from vae.run.lock import RunFolderBusy, holding, lock_run_folder
 
 __all__ = ["build_parser", "resume_command", "main"]
@@ -68,8 +67,6 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> int:
 
 def _main(argv: Optional[list[str]], prog: Optional[str]) -> int:
     ranks = from_env()  # torchrun's ranks, read before torch loads; one process without torchrun
-    if ranks.distributed:
-        os.environ.setdefault(CPP_LOG_ENV, "FATAL")  # before torch loads: our one line says why a join failed
     parser = build_parser(prog=prog or command_name("vae.train"))
     parser.quiet = not ranks.is_main  # rank 0 answers for all (every rank parses the same flags)
     parser.parse_args(argv)  # --help, and usage errors, with the defaults shown

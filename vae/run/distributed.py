@@ -36,14 +36,13 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
+from vae.cli import native_stderr_held
+
 __all__ = ["DistributedError", "PeerFailed", "Ranks", "from_env", "current", "process_group", "rank_seed",
-           "LAUNCHER_ENV", "CPP_LOG_ENV"]
+           "LAUNCHER_ENV"]
 
 LAUNCHER_ENV = "FULLCOV_LAUNCHER"
 """Set by :mod:`vae.launch` for the training processes: the command that launched them, for resume hints."""
-CPP_LOG_ENV = "TORCH_CPP_LOG_LEVEL"
-"""torch's C++ log level; training under torchrun sets it to FATAL unless it is set: c10d's own log of a
-failed join (dozens of lines with a C++ backtrace) would come before the rank's one line."""
 _COMMUNICATION = ("gloo", "nccl", "NCCL", "Connection closed", "Connection reset", "Timed out", "timed out")
 
 
@@ -272,8 +271,9 @@ def process_group(ranks: Ranks, timeout: float) -> Iterator[Ranks]:
     ranks = Ranks(ranks.rank, ranks.local_rank, ranks.world_size, ranks.local_world_size, float(timeout))
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
     try:
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout),
-                                rank=ranks.rank, world_size=ranks.world_size)
+        with native_stderr_held():  # a failed join: gloo's and c10d's own log would come before our one line
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout),
+                                    rank=ranks.rank, world_size=ranks.world_size)
     except (RuntimeError, ValueError) as err:
         where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
         raise DistributedError(f"rank {ranks.rank}: could not join the other {ranks.world_size - 1} process(es) "
