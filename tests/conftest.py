@@ -16,6 +16,16 @@ REPO = Path(__file__).resolve().parents[1]
 # tests/test_speed.py clears it where it tests the automatic choice.
 os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
+# The real data root, read once: every test then runs without VAE_DATA_DIR (see no_data_dir_env), so
+# that a run given --data-dir resumes from it, whatever folder the environment of the suite names.
+REAL_DATA_DIR = Path(os.environ.get("VAE_DATA_DIR") or REPO.parent / "shared" / "data")
+
+
+@pytest.fixture(autouse=True)
+def no_data_dir_env(monkeypatch) -> None:
+    """Each test (and each process it starts) without ``VAE_DATA_DIR``; a test of it sets it itself."""
+    monkeypatch.delenv("VAE_DATA_DIR", raising=False)
+
 
 CUDA_MARKS = (pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))
 """The marks of a test that needs a GPU: skipped here, run by ``benchmarks/gpu.sh`` (``pytest -m cuda``)."""
@@ -33,8 +43,8 @@ def pytest_configure(config):
 
 
 def real_data_dir() -> Path:
-    """``$VAE_DATA_DIR``, else ``../shared/data`` beside the repository."""
-    return Path(os.environ.get("VAE_DATA_DIR") or REPO.parent / "shared" / "data")
+    """``$VAE_DATA_DIR`` as the suite started, else ``../shared/data`` beside the repository."""
+    return REAL_DATA_DIR
 
 
 def write_idx(path: Path, array: torch.Tensor) -> None:

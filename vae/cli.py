@@ -13,16 +13,21 @@ Every list of choices is written once, here:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
+import tempfile
 import typing
 
 __all__ = [
     "CHOICES", "DATASETS", "FAMILIES", "DIAG_TRANSFORMS", "DEVICES", "OBJECTIVES", "ESTIMATORS", "LR_SCHEDULES",
     "BINARIZATIONS", "OUTPUT_BIASES", "FIT_OBJECTIVES", "FIT_OPTIMIZERS", "THREADS_HELP", "ArgumentError",
-    "check_choice", "flag", "as_flags", "command_name", "ArgumentParser", "require_positive",
+    "check_choice", "flag", "as_flags", "command_name", "ArgumentParser", "require_positive", "NAME_MAX",
+    "PATH_MAX", "check_path", "say", "silence", "native_stderr_held",
 ]
+
+NAME_MAX, PATH_MAX = 255, 4095  # bytes in one file name and in a whole path (Linux, macOS: 1023)
 
 DATASETS = ("mnist", "fashion-mnist")
 FAMILIES = ("full", "diagonal", "lowrank")  # posterior families, vae.model.posteriors
@@ -109,8 +114,8 @@ class ArgumentParser(argparse.ArgumentParser):
     quiet = False
 
     def _print_message(self, message: str, file=None) -> None:
-        if not self.quiet:
-            super()._print_message(message, file)
+        if not self.quiet and message:
+            say(message.rstrip("\n"), file=file or sys.stderr)
 
     def error(self, message: typing.Union[str, Exception]) -> typing.NoReturn:
         """A usage error: one line, exit code 2. An :class:`ArgumentError` is shown with its flag."""
@@ -124,8 +129,83 @@ class ArgumentParser(argparse.ArgumentParser):
         """
         lines = as_flags(str(message)).splitlines() or [""]
         if own or not self.quiet:
-            print(f"{self.prog}: error: {lines[0]}", file=sys.stderr)
+            say(f"{self.prog}: error: {lines[0]}", file=sys.stderr)
         return 1
+
+
+def check_path(argument: str, path: object) -> None:
+    """Raise :class:`ArgumentError` for a path the OS cannot name: a file name over :data:`NAME_MAX` bytes,
+    or the whole over :data:`PATH_MAX` (``ENAMETOOLONG`` otherwise, at the first ``stat``)."""
+    raw = os.fsencode(os.fspath(path))
+    longest = max(raw.split(b"/"), key=len, default=b"")
+    if len(longest) > NAME_MAX:
+        raise ArgumentError(argument, f": a name of {len(longest)} bytes ({os.fsdecode(longest[:24])}...), over the "
+                                      f"{NAME_MAX} bytes a file name may have")
+    if len(raw) > PATH_MAX:
+        raise ArgumentError(argument, f": a path of {len(raw)} bytes ({os.fsdecode(raw[:24])}...), over the "
+                                      f"{PATH_MAX} bytes a path may have")
+
+
+def say(text: str = "", file: typing.Optional[typing.TextIO] = None) -> None:
+    """``print(text, file=file)`` (default stdout) that a lost terminal cannot stop.
+
+    A closed pipe (``| head``), a full device (``>/dev/full``) or a stream that cannot encode the text
+    (``PYTHONIOENCODING=ascii``) never raises: unencodable characters are escaped, and a stream that
+    fails is pointed at the null device, so later lines and the interpreter's last flush are dropped
+    silently. Printing is never mistaken for writing a run.
+    """
+    stream = sys.stdout if file is None else file
+    if stream is None:
+        return
+    try:
+        try:
+            print(text, file=stream, flush=True)
+        except UnicodeEncodeError:
+            encoding = getattr(stream, "encoding", None) or "ascii"
+            print(text.encode(encoding, "backslashreplace").decode(encoding), file=stream, flush=True)
+    except (OSError, ValueError):  # EPIPE, ENOSPC, EIO; ValueError: a closed file
+        silence(stream)
+
+
+def silence(stream: typing.TextIO) -> None:
+    """Point a failed output stream at the null device, so that nothing more it is given can fail."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, stream.fileno())
+        finally:
+            os.close(null)
+    except (OSError, ValueError, AttributeError):  # no file descriptor: nothing to redirect
+        pass
+
+
+@contextlib.contextmanager
+def native_stderr_held() -> typing.Iterator[None]:
+    """Hold what native code writes to file descriptor 2 inside the block: replayed if the block succeeds,
+    dropped if it raises (its one-line error says what happened; a C++ library's log would come first)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no descriptor 2: nothing to hold
+        yield
+        return
+    held = tempfile.TemporaryFile()
+    os.dup2(held.fileno(), 2)
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        with held:
+            held.seek(0)
+            text = held.read()
+            if ok and text:
+                with contextlib.suppress(OSError):
+                    os.write(2, text)
 
 
 def require_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:

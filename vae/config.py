@@ -17,11 +17,11 @@ from pathlib import Path
 from vae import PRETRAINED_DIR
 from vae.cli import (
     BINARIZATIONS, DATASETS, DEVICES, DIAG_TRANSFORMS, ESTIMATORS, FAMILIES, LR_SCHEDULES, OBJECTIVES, OUTPUT_BIASES,
-    THREADS_HELP, ArgumentError, check_choice, flag,
+    THREADS_HELP, ArgumentError, check_choice, check_path, flag,
 )
 
 __all__ = [
-    "TrainConfig", "PRESETS", "check_seed", "check_estimator", "check_run_name",
+    "DIST_TIMEOUT_MAX", "TrainConfig", "PRESETS", "check_seed", "check_estimator", "check_run_name",
     "add_config_args", "config_from_args", "config_from_dict", "preset_config",
 ]
 
@@ -39,9 +39,13 @@ PRESETS: dict[str, dict] = {
 }
 
 
+DIST_TIMEOUT_MAX = 7 * 24 * 3600.0
+"""The longest ``--dist-timeout`` (a week): far above any real wait, far below what ``timedelta`` overflows at."""
+
+
 def check_seed(seed: int) -> None:
     """Raise ``ValueError`` unless ``seed`` is one that ``torch.Generator.manual_seed`` takes, [0, 2**63)."""
-    if not 0 <= seed < 2**63:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise ArgumentError("seed", f"must be in [0, 2**63), got {seed}")
 
 
@@ -63,9 +67,15 @@ def check_run_name(name: typing.Optional[str]) -> None:
     if name is None:
         return
     separators = [sep for sep in ("/", os.sep, os.altsep, "\0") if sep and sep in name]
-    if name in ("", ".", "..") or separators or os.path.isabs(name):
+    if not isinstance(name, str) or name in ("", ".", "..") or separators or os.path.isabs(name):
         raise ArgumentError("run_name", f"must be a folder name inside the output folder, not a path "
                             f"(no '/', '.' or '..'), got {name!r}")
+    check_path("run_name", name)
+
+
+def _is_int(value: object) -> bool:
+    """An ``int`` that is not a ``bool`` (a stored ``True`` is not a size)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _knob(default, help: str, choices: tuple | None = None, **kw):
@@ -140,30 +150,50 @@ class TrainConfig:
     progress: bool = _knob(True, "show progress bars", negatable=True)
 
     def __post_init__(self) -> None:
-        self.hidden = tuple(int(h) for h in self.hidden)
+        if isinstance(self.hidden, (list, tuple)) and all(_is_int(h) for h in self.hidden):
+            self.hidden = tuple(self.hidden)  # a stored list, or the flag's; anything else fails validate()
 
     def validate(self) -> None:
         """Raise :class:`~vae.cli.ArgumentError` (a ``ValueError``) with a one-line message for any impossible value."""
         for name in ("latent_dim", "rank", "k", "epochs", "batch_size", "eval_batch_size", "eval_every"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ArgumentError(name, f"must be a positive integer, got {value}")
+            if not _is_int(value) or value < 1:
+                raise ArgumentError(name, f"must be a positive integer, got {value!r}")
         for name in ("diag_warmup", "kl_warmup", "threads"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ArgumentError(name, f"must be a non-negative integer, got {value}")
-        if self.limit is not None and self.limit < 1:
-            raise ArgumentError("limit", f"must be a positive integer, got {self.limit}")
+            if not _is_int(value) or value < 0:
+                raise ArgumentError(name, f"must be a non-negative integer, got {value!r}")
+        if self.limit is not None and (not _is_int(self.limit) or self.limit < 1):
+            raise ArgumentError("limit", f"must be a positive integer, got {self.limit!r}")
+        for name in ("lr", "adam_eps", "dist_timeout", "grad_clip"):
+            value = getattr(self, name)
+            if not (value is None and name == "grad_clip") and (isinstance(value, bool)
+                                                                 or not isinstance(value, (int, float))):
+                raise ArgumentError(name, f"must be a number, got {value!r}")
+        for name in ("data_dir", "init_from", "out_dir", "run_name", "preset"):
+            value = getattr(self, name)
+            if not (value is None and name != "out_dir") and not isinstance(value, str):
+                raise ArgumentError(name, f"must be a string, got {value!r}")
+        for name in ("amp", "compile", "resume", "plots", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ArgumentError(name, f"must be true or false, got {getattr(self, name)!r}")
         check_seed(self.seed)
         check_run_name(self.run_name)
         for name in ("lr", "adam_eps", "dist_timeout"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ArgumentError(name, f"must be a positive finite number, got {value}")
+        if self.dist_timeout > DIST_TIMEOUT_MAX:
+            raise ArgumentError("dist_timeout", f"must be at most {DIST_TIMEOUT_MAX:g} seconds (a week), "
+                                                f"got {self.dist_timeout:g}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ArgumentError("grad_clip", f"must be positive, got {self.grad_clip}")
-        if not self.hidden or any(h < 1 for h in self.hidden):
-            raise ArgumentError("hidden", f"must list positive widths, got {list(self.hidden)}")
+        for name in ("data_dir", "init_from", "out_dir"):
+            if getattr(self, name) is not None:
+                check_path(name, getattr(self, name))
+        if not isinstance(self.hidden, tuple) or not self.hidden or any(h < 1 for h in self.hidden):
+            shown = list(self.hidden) if isinstance(self.hidden, tuple) else self.hidden
+            raise ArgumentError("hidden", f"must list positive widths, got {shown!r}")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
@@ -182,11 +212,22 @@ class TrainConfig:
         """The run folder ``<out_dir>/<name>``, once sure that it can be created; nothing is created.
 
         Raises:
-            ValueError: a file stands in the way, or the nearest existing folder cannot be written.
+            ValueError: a file or a symbolic link stands in the way, the folder would lie in the shipped
+                folder, or the nearest existing folder cannot be written.
         """
         run_dir = Path(self.out_dir) / self.name
+        check_path("out_dir", run_dir / ".fullcov-last.pt.12345678.tmp")  # the longest name written there
+        shipped = Path(os.path.realpath(PRETRAINED_DIR))
+        inside = Path(os.path.realpath(run_dir))
+        if inside == shipped or shipped in inside.parents:
+            raise ArgumentError("out_dir", f"{self.out_dir}: the run folder {run_dir} would lie in {PRETRAINED_DIR}, "
+                                           "which holds the shipped models and which no command writes; choose "
+                                           "another `out_dir`")
+        if os.path.islink(run_dir):  # e.g. unpacked from an archive: its files would be written wherever it points
+            raise ArgumentError("run_name", f"{run_dir} is a symbolic link; a run folder must be a folder of its own "
+                                            "(to train on another disk, point `out_dir` there)")
         existing = run_dir
-        while not existing.exists() and existing.parent != existing:
+        while not os.path.lexists(existing) and existing.parent != existing:
             existing = existing.parent
         if not existing.is_dir():
             raise ArgumentError("out_dir", f"{self.out_dir}: cannot create the run folder {run_dir}, "

@@ -53,9 +53,10 @@ class ImageSplit:
         return self.images.shape[0]
 
 
-def resolve_data_dir(data_dir: Optional[str] = None) -> Path:
-    """The data root: ``data_dir`` if given, else ``$VAE_DATA_DIR``, else ``./data``."""
-    return Path(data_dir or os.environ.get("VAE_DATA_DIR") or "data")
+def resolve_data_dir(data_dir: Optional[str] = None, stored: Optional[str] = None) -> Path:
+    """The data root, in this order: ``data_dir`` (a flag given now), ``$VAE_DATA_DIR``, ``stored``
+    (the folder a checkpoint recorded), ``./data``."""
+    return Path(data_dir or os.environ.get("VAE_DATA_DIR") or stored or "data")
 
 
 def _torchvision_split(dataset: str, root: Path, train: bool):

@@ -35,9 +35,11 @@ from typing import Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
-from vae.cli import DEVICES, THREADS_HELP, ArgumentParser, command_name, require_positive
+from vae.cli import (
+    DEVICES, THREADS_HELP, ArgumentError, ArgumentParser, check_path, command_name, require_positive, say,
+)
 from vae.config import check_seed
-from vae.data import DataError, evaluation_images, load_split
+from vae.data import DataError, evaluation_images, load_split, resolve_data_dir
 from vae.devices import accumulator_dtype, resolve_device, set_threads
 from vae.model import VAE, Draw, GaussianPosterior
 from vae.model.objectives import log_weights
@@ -64,14 +66,16 @@ def result_path(checkpoint: Path, split: str, k: int, limit: Optional[int] = Non
     return Path(f"{checkpoint.stem}-{name}") if is_shipped(checkpoint) else checkpoint.parent / name
 
 
-def check_output_path(out: Path) -> None:
-    """Raise ``ValueError`` unless ``out`` can be written: not a folder, not in the shipped folder, a writable parent.
+def check_output_path(out: Path, argument: str = "out") -> None:
+    """Raise ``ValueError`` unless ``out`` can be written: a name the OS takes, not a folder, not in the shipped
+    folder, a writable parent. ``argument`` names the flag that gave it (``out``, ``plot``).
 
     Checked before a long computation, so that its result is not lost.
     """
+    check_path(argument, out)
     check_not_shipped(out, str(out))
     if out.is_dir() or not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
-        raise ValueError(f"`out` {out}: cannot write there")
+        raise ArgumentError(argument, f"{out}: cannot write there")
 
 
 def portable_path(path: Path) -> str:
@@ -142,7 +146,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--batch-size", type=int, default=20, help="images per pass (default: 20)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the posterior noise (default: 0)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
-    parser.add_argument("--data-dir", default=None, help="dataset root (default: the run's, else $VAE_DATA_DIR)")
+    parser.add_argument("--data-dir", default=None,
+                        help="dataset root (default: $VAE_DATA_DIR, else the run's, else ./data)")
     parser.add_argument("--device", default="cpu", choices=DEVICES)
     parser.add_argument("--threads", type=int, default=0, help=THREADS_HELP + " (default: 0)")
     parser.add_argument("--out", default=None, help="JSON path (default: eval-<split>-k<K>[-limit<N>].json beside the "
@@ -155,34 +160,37 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ValueError as err:
         parser.error(err)
     checkpoint = Path(args.checkpoint) if args.checkpoint else PRETRAINED
-    out = Path(args.out) if args.out else result_path(checkpoint, args.split, args.k, args.limit, args.seed)
     try:
+        check_path("checkpoint", checkpoint)
+        if args.data_dir:
+            check_path("data_dir", args.data_dir)
+        out = Path(args.out) if args.out else result_path(checkpoint, args.split, args.k, args.limit, args.seed)
         check_output_path(out)  # before a long evaluation
         device = resolve_device(args.device)
         set_threads(args.threads)
         model, config, _ = load_run(checkpoint, map_location=device)
-        split = load_split(config.dataset, args.data_dir or config.data_dir, train=args.split == "train",
-                           limit=args.limit, device=device)
+        split = load_split(config.dataset, resolve_data_dir(args.data_dir, config.data_dir),
+                           train=args.split == "train", limit=args.limit, device=device)
     except (ValueError, DataError) as err:
         parser.error(err)
     except CheckpointError as err:
         return parser.fail(err)
     images = evaluation_images(split.images, config.binarize)
     if config.binarize != "dynamic":
-        print(f"note: {checkpoint} was trained on intensities (--binarize none); the Bernoulli "
+        say(f"note: {checkpoint} was trained on intensities (--binarize none); the Bernoulli "
               "bound on them is not a likelihood of binary images", file=sys.stderr)
     start = time.perf_counter()
     result = evaluate_model(model, images, args.k, args.batch_size, args.seed, args.progress)
     result = {"checkpoint": portable_path(checkpoint), "split": args.split, "images": len(images), "k": args.k,
               "seed": args.seed, **result, "seconds": time.perf_counter() - start, "device": str(device),
               "threads": torch.get_num_threads()}
-    print(f"{args.split} -ELBO {result['neg_elbo']:.3f}  NLL (K={args.k}) {result['nll']:.3f} nats  "
+    say(f"{args.split} -ELBO {result['neg_elbo']:.3f}  NLL (K={args.k}) {result['nll']:.3f} nats  "
           f"{result['bits_per_dim']:.4f} bits/dim  [{len(images)} images, {result['seconds']:.0f}s]")
     try:
         write_text_atomic(out, json.dumps(result, indent=2) + "\n")
     except WriteError as err:  # a full disk, say: no partial JSON is left, an older one is intact
         return parser.fail(err)
-    print(f"wrote {out}")
+    say(f"wrote {out}")
     return 0
 
 

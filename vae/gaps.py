@@ -48,9 +48,12 @@ from typing import Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from vae.cli import DEVICES, FAMILIES as FAMILY_NAMES, THREADS_HELP, ArgumentParser, command_name, require_positive
+from vae.cli import (
+    DEVICES, FAMILIES as FAMILY_NAMES, THREADS_HELP, ArgumentParser, check_path, command_name, require_positive,
+    say,
+)
 from vae.config import check_seed
-from vae.data import DataError, evaluation_images, load_split
+from vae.data import DataError, evaluation_images, load_split, resolve_data_dir
 from vae.devices import resolve_device, set_threads
 from vae.evaluate import MAX_ROWS, check_output_path, importance_weighted_bounds, result_path
 from vae.model import FAMILIES, GaussianPosterior
@@ -218,7 +221,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         f"(default: the family's noise dimension + {EXTRA_DRAWS}, e.g. 48 at D = 32)")
     parser.add_argument("--lr", type=float, default=0.02, help="peak Adam learning rate, cosine to 0 (default: 0.02)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every draw (default: 0)")
-    parser.add_argument("--data-dir", default=None, help="dataset root (default: the run's, else $VAE_DATA_DIR)")
+    parser.add_argument("--data-dir", default=None,
+                        help="dataset root (default: $VAE_DATA_DIR, else the run's, else ./data)")
     parser.add_argument("--device", default="cpu", choices=DEVICES)
     parser.add_argument("--threads", type=int, default=0, help=THREADS_HELP + " (default: 0)")
     parser.add_argument("--out", default=None, help="JSON path (default: gaps-test-k<K>-limit<N>.json beside the "
@@ -229,18 +233,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     require_positive(parser, args, "rank", "limit", "k", "steps", "samples")
     families = list(dict.fromkeys(args.families))  # once each, in the order given
     checkpoint = Path(args.checkpoint) if args.checkpoint else PRETRAINED
-    out = Path(args.out) if args.out else result_path(checkpoint, "test", args.k, args.limit, args.seed, "gaps")
     try:
+        check_path("checkpoint", checkpoint)
+        if args.data_dir:
+            check_path("data_dir", args.data_dir)
+        out = Path(args.out) if args.out else result_path(checkpoint, "test", args.k, args.limit, args.seed, "gaps")
         check_seed(args.seed)
         if not (args.lr > 0 and math.isfinite(args.lr)):
             raise ValueError(f"--lr must be a positive finite number, got {args.lr}")
-        for path in filter(None, [out, args.plot and Path(args.plot)]):
-            check_output_path(path)
+        check_output_path(out)
+        if args.plot:
+            check_output_path(Path(args.plot), "plot")
         device = resolve_device(args.device)
         set_threads(args.threads)
         model, config, _ = load_run(checkpoint, map_location=device)
-        split = load_split(config.dataset, args.data_dir or config.data_dir, train=False, limit=args.limit,
-                           device=device)
+        split = load_split(config.dataset, resolve_data_dir(args.data_dir, config.data_dir), train=False,
+                           limit=args.limit, device=device)
     except (ValueError, DataError) as err:
         parser.error(err)
     except CheckpointError as err:
@@ -253,23 +261,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     _print_table(result, len(images), args.k)
     try:
         write_text_atomic(out, json.dumps(result, indent=2) + "\n")
-        print(f"wrote {out}")
+        say(f"wrote {out}")
         if args.plot:
             title = f"{checkpoint.name}: {len(images)} test images, K = {args.k}"
-            print(f"wrote {save_figure(gaps_figure(per_image, families, title), args.plot, dpi=110)}")
+            say(f"wrote {save_figure(gaps_figure(per_image, families, title), args.plot, dpi=110)}")
     except WriteError as err:
         return parser.fail(err)
     return 0
 
 
 def _print_table(result: dict, n: int, k: int) -> None:
-    print(f"{n} test images; log p(x) (K = {k}) {result['log_px']:.3f}, amortized ELBO "
+    say(f"{n} test images; log p(x) (K = {k}) {result['log_px']:.3f}, amortized ELBO "
           f"{result['amortized_elbo']:.3f} (the model's {result['family']} encoder)")
-    print("| family | optimized ELBO | approximation gap |")
-    print("|---|---|---|")
+    say("| family | optimized ELBO | approximation gap |")
+    say("|---|---|---|")
     for family, row in result["families"].items():
-        print(f"| {family} | {row['optimized_elbo']:.3f} | {row['approximation_gap']:.3f} |")
-    print(f"amortization gap ({result['family']}): {result['amortization_gap']:.3f} nats")
+        say(f"| {family} | {row['optimized_elbo']:.3f} | {row['approximation_gap']:.3f} |")
+    say(f"amortization gap ({result['family']}): {result['amortization_gap']:.3f} nats")
 
 
 if __name__ == "__main__":

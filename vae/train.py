@@ -21,7 +21,7 @@ import shlex
 import sys
 from typing import Optional
 
-from vae.cli import ArgumentParser, as_flags, command_name
+from vae.cli import ArgumentParser, as_flags, command_name, say, silence
 from vae.config import TrainConfig, add_config_args, preset_config
 from vae.run.distributed import from_env
 from vae.run.lock import RunFolderBusy, holding, lock_run_folder
@@ -57,7 +57,15 @@ def main(argv: Optional[list[str]] = None, prog: Optional[str] = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), train, draw, and return the exit code.
 
     ``prog`` names the command in messages (default: how it was started, e.g. ``fullcov-train``).
+    Output that cannot be printed (a closed pipe, a full device) is dropped, never a failure of the run.
     """
+    try:
+        return _main(argv, prog)
+    finally:
+        _flush_stdout()
+
+
+def _main(argv: Optional[list[str]], prog: Optional[str]) -> int:
     ranks = from_env()  # torchrun's ranks, read before torch loads; one process without torchrun
     parser = build_parser(prog=prog or command_name("vae.train"))
     parser.quiet = not ranks.is_main  # rank 0 answers for all (every rank parses the same flags)
@@ -101,7 +109,7 @@ def _resume_train_and_draw(parser: ArgumentParser, config: TrainConfig, explicit
             if ranks.is_main and config.resume and config.check_run_dir().is_dir():
                 lock_run_folder(config.check_run_dir())  # lock it before reading its last.pt, once
             if ranks.is_main and config.resume:
-                config, state = resume_config(config, set(explicit))
+                config, state = resume_config(config, set(explicit), ranks.world_size)
             config.validate()
             resolve_device(config.device)
     except (ValueError, RunFolderBusy) as err:
@@ -129,7 +137,7 @@ def _train_and_draw(parser: ArgumentParser, config: TrainConfig, state: Optional
     from vae.training import train
 
     try:
-        run_dir = train(config, log=lambda line: print(as_flags(line)), resume_state=state)
+        run_dir = train(config, log=lambda line: say(as_flags(line)), resume_state=state)
     except (ValueError, DataError, RunFolderBusy) as err:  # a bad flag or output folder, missing data, a busy folder
         return _usage_error(parser, err)
     except (CheckpointError, NonFiniteLossError) as err:
@@ -143,23 +151,27 @@ def _train_and_draw(parser: ArgumentParser, config: TrainConfig, state: Optional
     except TrainingInterrupted as err:
         if ranks.is_main:
             command = resume_command(parser.prog, config.out_dir, err.run_dir.name, ranks.launcher())
-            print(f"{parser.prog}: {err}; resume with: {command}", file=sys.stderr)
+            say(f"{parser.prog}: {err}; resume with: {command}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:  # Ctrl-C before training began: nothing to save
         if ranks.is_main:
-            print(f"{parser.prog}: interrupted before training began; nothing was saved", file=sys.stderr)
+            say(f"{parser.prog}: interrupted before training began; nothing was saved", file=sys.stderr)
         return 130
     if not ranks.is_main:
         return 0
     if config.plots:
-        from vae.visualize import write_run_pictures
-
         try:
+            from vae.visualize import write_run_pictures  # matplotlib: seconds in which a Ctrl-C may land
+
             for path in write_run_pictures(run_dir / "best.pt", run_dir, data_dir=config.data_dir):
-                print(f"wrote {path}")
+                say(f"wrote {path}")
         except (DataError, CheckpointError, OSError) as err:  # the run itself is saved
             return parser.fail(f"training finished, but the pictures could not be written: {err}")
-    print(f"run folder: {run_dir}")
+        except KeyboardInterrupt:  # the run is saved; only the pictures are missing
+            say(f"{parser.prog}: interrupted while drawing the pictures; training finished and {run_dir} is saved; "
+                f"draw them with: python -m vae.visualize {shlex.quote(str(run_dir / 'best.pt'))}", file=sys.stderr)
+            return 130
+    say(f"run folder: {run_dir}")
     return 0
 
 
@@ -169,6 +181,14 @@ def _usage_error(parser: ArgumentParser, err: Exception) -> int:
         parser.error(err)
     except SystemExit as exit_:
         return exit_.code
+
+
+def _flush_stdout() -> None:
+    """Flush stdout before the interpreter does: a closed pipe or a full device must not change the exit code."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError, AttributeError):
+        silence(sys.stdout)
 
 
 if __name__ == "__main__":

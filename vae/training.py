@@ -11,6 +11,7 @@ is saved.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -23,7 +24,9 @@ from vae.data import ImageSplit, evaluation_images, load_split
 from vae.devices import check_amp, check_step_memory, resolve_device, set_threads
 from vae.epoch import epoch_row, evaluate, train_epoch
 from vae.model import VAE
-from vae.run.checkpoint import build_model, load_checkpoint, load_initial_weights, load_weights, save_checkpoint
+from vae.run.checkpoint import (
+    CheckpointError, build_model, load_checkpoint, load_initial_weights, load_weights, save_checkpoint,
+)
 from vae.run.files import remove_stale_temporaries
 from vae.run.lock import holding, lock_run_folder
 from vae.run.agreement import Agreement, StopVote
@@ -168,7 +171,7 @@ def _start(config: TrainConfig, log, resume_state: Optional[dict[str, Any]], ran
     with Agreement(ranks):
         if config.resume:
             progress = _resume(config, run_dir, last, resume_state, model, optimizer, device, data_gen, noise_gen,
-                               ranks, log)
+                               ranks, log, math.ceil(len(train_data) / config.batch_size))
         elif ranks.is_main:  # a resumed run's config.json follows its last.pt, see _Run.save
             write_config(run_dir, dataclasses.asdict(config))
     # after the resume: a compiled step keeps the learning rate in a tensor, a checkpoint holds a float
@@ -241,9 +244,16 @@ def _open_run_folder(config: TrainConfig, run_dir: Path) -> None:
 
 def _resume(config: TrainConfig, run_dir: Path, last: Path, state: dict, model: VAE,
             optimizer: torch.optim.Optimizer, device: torch.device, data_gen: torch.Generator,
-            noise_gen: torch.Generator, ranks: Ranks, log) -> RunProgress:
-    """Restore ``last.pt`` into the run (this rank's RNG states), and repair the folder around it (rank 0)."""
+            noise_gen: torch.Generator, ranks: Ranks, log, n_batches: int) -> RunProgress:
+    """Restore ``last.pt`` into the run (this rank's RNG states), and repair the folder around it (rank 0).
+
+    ``n_batches``: batches in one epoch of this run, which an interrupted epoch's position must be below.
+    """
     check_resume(config, state, last, device, ranks.world_size)  # never cut a run short, nor change where it runs
+    partial = state.get("partial")
+    if partial and partial["batch"] >= n_batches:
+        raise CheckpointError(f"{last}: field 'partial.batch' is {partial['batch']}, but an epoch of this run has "
+                              f"{n_batches} batches")
     progress = restore_run(state, last, model, optimizer, device, data_gen, noise_gen, ranks.rank)
     if ranks.is_main:
         repair_run_folder(run_dir, state, progress)

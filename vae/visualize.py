@@ -20,8 +20,8 @@ from typing import Optional, Sequence
 import torch
 from matplotlib.figure import Figure
 
-from vae.cli import ArgumentParser, command_name
-from vae.data import DataError, load_split
+from vae.cli import ArgumentParser, check_path, command_name, say
+from vae.data import DataError, load_split, resolve_data_dir
 from vae.model import VAE
 from vae.run.checkpoint import PRETRAINED, CheckpointError, check_not_shipped, is_shipped, load_run
 from vae.run.files import WriteError, save_figure
@@ -178,7 +178,7 @@ def write_run_pictures(
         vae.run.files.WriteError: a picture could not be written; those before it were.
     """
     model, config, state = load_run(checkpoint, map_location=device)
-    test = load_split(config.dataset, data_dir or config.data_dir, train=False, device=device)
+    test = load_split(config.dataset, resolve_data_dir(data_dir, config.data_dir), train=False, device=device)
     figures = {
         "reconstructions": reconstructions_figure(model, test.images),
         "samples": samples_figure(model),
@@ -200,12 +200,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                              f"vae/pretrained/{PRETRAINED.name})")
     parser.add_argument("--out", help="folder for the PNGs (default: the checkpoint's folder; for a shipped model, "
                         "<stem>-pictures/ in the current folder)")
-    parser.add_argument("--data-dir", help="dataset root (default: the run's, else $VAE_DATA_DIR, else ./data)")
+    parser.add_argument("--data-dir", help="dataset root (default: $VAE_DATA_DIR, else the run's, else ./data)")
     args = parser.parse_args(argv)
     checkpoint = Path(args.checkpoint)
     out = Path(args.out) if args.out else (
         Path(f"{checkpoint.stem}-pictures") if is_shipped(checkpoint) else checkpoint.parent)
     try:
+        check_path("checkpoint", checkpoint)
+        check_path("out", out / "reconstructions.png")
         check_not_shipped(out / "x.png", f"pictures to {out}")
         paths = write_run_pictures(args.checkpoint, out, args.data_dir)
     except (ValueError, DataError) as err:  # the shipped folder, a dataset that cannot be loaded
@@ -215,7 +217,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except OSError as err:
         parser.error(f"cannot write pictures to {out}: {err.strerror or err}")
     for path in paths:
-        print(f"wrote {path}")
+        say(f"wrote {path}")
     return 0
 
 

@@ -121,9 +121,16 @@ class VAE(nn.Module):
 
         ``MultivariateNormal(loc, scale_tril=...)`` for the full and diagonal
         families, ``LowRankMultivariateNormal`` for the low-rank one: ``log_prob``,
-        ``rsample``, ``covariance_matrix`` and ``kl_divergence`` work as usual.
+        ``rsample``, ``covariance_matrix`` and ``kl_divergence`` work as usual. An empty batch
+        gives batch shape ``(0,)``, as :meth:`encode` gives empty tensors.
         """
-        return self.q(x).distribution()
+        q = self.q(x)
+        if q.loc.shape[0] == 0:  # torch.distributions cannot build an empty batch: expand one to none
+            one = self.q(torch.zeros(1, self.in_dim, device=q.loc.device, dtype=q.loc.dtype))
+            empty = one.distribution().expand(torch.Size([0]))
+            empty._validate_args = False  # torch's support check reshapes by -1, which an empty batch cannot
+            return empty
+        return q.distribution()
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior parameters ``loc (N, D)`` and ``scale_tril (N, D, D)``, both float32 (see :meth:`q`).

@@ -6,10 +6,12 @@ pickle would run code is refused before anything runs.
 """
 from __future__ import annotations
 
-import dataclasses
+import errno
 import io
+import os
 import pickle
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from vae.config import TrainConfig, config_from_dict
 from vae.devices import available
 from vae.model import VAE
 from vae.run.files import write_bytes_atomic
+from vae.run.schema import FORMAT, validate_state
 
 __all__ = [
     "CheckpointError", "FORMAT", "save_checkpoint", "load_checkpoint", "MODEL_FIELDS", "model_fields", "build_model", "load_weights",
@@ -28,13 +31,12 @@ __all__ = [
     "export_model",
 ]
 
-FORMAT = "fullcov-vae/1"
 SHIPPED_MODELS = ("vae-full.pt", "vae-diagonal.pt", "iwae-full.pt")
 """The shipped MNIST models; ``<stem>-metrics.csv`` and ``<stem>-eval-test-k5000.json`` lie beside each."""
 PRETRAINED = PRETRAINED_DIR / "iwae-full.pt"
 """The shipped model with the lowest test NLL (K = 5000): the default of ``vae.evaluate`` and ``vae.visualize``."""
-REQUIRED_KEYS = ("format", "model", "config", "epoch", "metrics")
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # opening a FIFO must not wait for a writer (no such flag on Windows)
 
 
 class CheckpointError(Exception):
@@ -50,7 +52,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 
 def is_shipped(path: str | Path) -> bool:
     """Whether ``path`` lies in the shipped folder :data:`PRETRAINED_DIR` (any file there, whatever its name)."""
-    return PRETRAINED_DIR.resolve() in Path(path).resolve().parents
+    return Path(os.path.realpath(PRETRAINED_DIR)) in Path(os.path.realpath(path)).parents  # a link loop: no error
 
 
 def check_not_shipped(path: str | Path, what: str) -> None:
@@ -68,7 +70,11 @@ def _check_map_location(map_location: Any) -> None:
         device = torch.device(map_location)
     except RuntimeError:
         raise ValueError(f"map_location={map_location!r} is not a device (try 'cpu' or 'cuda')") from None
-    if device.type in ("cuda", "mps") and not available(device.type):
+    backend = getattr(torch, device.type, None)  # torch.xpu, torch.mtia, ...: each says if it is there
+    present = device.type in ("cpu", "meta") or available(device.type) or bool(
+        device.type not in ("cuda", "mps") and callable(getattr(backend, "is_available", None))
+        and backend.is_available())
+    if not present:
         raise ValueError(f"map_location={map_location!r}: {device.type.upper()} is not available on this "
                          "machine (use 'cpu')")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
@@ -83,17 +89,43 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ValueError: ``map_location`` is a device this machine does not have.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    with open(path, "rb") as f:
-        head = f.read(len(ZIP_MAGIC))
-    if not head:
-        raise CheckpointError(f"{path}: empty file, not a checkpoint")
-    if head != ZIP_MAGIC:
-        raise CheckpointError(f"{path}: not a checkpoint (not a torch.save archive)")
     _check_map_location(map_location)
+    with _open_regular(path) as f:
+        head = f.read(len(ZIP_MAGIC))
+        if not head:
+            raise CheckpointError(f"{path}: empty file, not a checkpoint")
+        if head != ZIP_MAGIC:
+            raise CheckpointError(f"{path}: not a checkpoint (not a torch.save archive)")
+        f.seek(0)
+        state = _torch_load(f, path, map_location)
+    validate_state(state, path)
+    return state
+
+
+def _open_regular(path: Path):
+    """``path`` opened for reading, once sure it is a regular file (a FIFO would block, a device never end)."""
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        fd = os.open(path, os.O_RDONLY | _NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as err:
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise CheckpointError(f"{path}: no such checkpoint file") from None
+        if err.errno == errno.ELOOP:
+            raise CheckpointError(f"{path}: a loop of symbolic links, not a checkpoint file") from None
+        if err.errno == errno.ENAMETOOLONG:
+            raise CheckpointError(f"{path}: the path is too long for the file system") from None
+        raise CheckpointError(f"{path}: cannot read it ({err.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CheckpointError(f"{path}: not a regular file (a folder, a FIFO or a device), not a checkpoint")
+    if _NONBLOCK:
+        os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def _torch_load(f, path: Path, map_location) -> Any:
+    """``torch.load(f, weights_only=True)``, every failure a :class:`CheckpointError` naming ``path``."""
+    try:
+        return torch.load(f, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         unsafe = re.search(r"GLOBAL ([\w.]+)", str(err))
         if unsafe:
@@ -102,17 +134,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                 "only tensors and plain data; nothing in it was run"
             ) from None
         raise CheckpointError(f"{path}: corrupted checkpoint (unreadable pickle)") from None
+    except MemoryError:
+        raise CheckpointError(f"{path}: its tensors do not fit in memory") from None
     except Exception as err:  # torch.load fails on damaged archives with many exception types
         raise CheckpointError(f"{path}: truncated or corrupted checkpoint ({type(err).__name__})") from None
-    if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
-        raise CheckpointError(f"{path}: a torch file, but not a fullcov-vae checkpoint")
-    if state["format"] != FORMAT:
-        raise CheckpointError(f"{path}: checkpoint format {state['format']!r}, expected {FORMAT!r}")
-    try:  # a run name stored before names were checked may be a path; it says nothing about the weights
-        dataclasses.replace(config_from_dict(state["config"]), run_name=None).validate()
-    except (AttributeError, TypeError, ValueError) as err:  # not a dict, or impossible values
-        raise CheckpointError(f"{path}: its stored config is invalid ({err})") from None
-    return state
 
 
 MODEL_FIELDS = ("latent_dim", "hidden", "posterior", "diag_transform", "rank")  # the config fields that shape the VAE

@@ -31,10 +31,13 @@ import contextlib
 import datetime
 import gc
 import hashlib
+import inspect
 import os
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
+
+from vae.cli import native_stderr_held
 
 __all__ = ["DistributedError", "PeerFailed", "Ranks", "from_env", "current", "process_group", "rank_seed",
            "LAUNCHER_ENV"]
@@ -166,9 +169,10 @@ class Ranks:
 
         device = next(model.parameters()).device
         # no buffer broadcast before each forward: the model's one buffer, its off-diagonal factor, is set by
-        # every rank's epoch loop alike
-        return _Replicated(model, device_ids=[device.index] if device.type == "cuda" else None,
-                           broadcast_buffers=False)
+        # every rank's epoch loop alike (torch 2.14 renamed the option; older releases know the first name)
+        options = inspect.signature(DistributedDataParallel).parameters
+        no_sync = {"forward_sync_buffers" if "forward_sync_buffers" in options else "broadcast_buffers": False}
+        return _Replicated(model, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
 
     # -------------------------------------------------------------- collectives (no-ops on one process)
 
@@ -272,8 +276,9 @@ def process_group(ranks: Ranks, timeout: float) -> Iterator[Ranks]:
     ranks = Ranks(ranks.rank, ranks.local_rank, ranks.world_size, ranks.local_world_size, float(timeout))
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
     try:
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout),
-                                rank=ranks.rank, world_size=ranks.world_size)
+        with native_stderr_held():  # a failed join: gloo's and c10d's own log would come before our one line
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout),
+                                    rank=ranks.rank, world_size=ranks.world_size)
     except (RuntimeError, ValueError) as err:
         where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
         raise DistributedError(f"rank {ranks.rank}: could not join the other {ranks.world_size - 1} process(es) "

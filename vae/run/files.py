@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 
@@ -43,6 +44,9 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 
     The project's one writer of output files. Callers serialize into memory
     first, so that a full disk surfaces here as an ``OSError`` whatever the format.
+
+    The temporary is created exclusively (``O_EXCL``: never through a link), and ``os.replace``
+    swaps a symbolic link at ``path`` for the new file: a link's target is never written.
 
     Raises:
         WriteError: the write failed; ``path`` is as it was and no temporary is left.
@@ -79,10 +83,18 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     Only names this project writes match (``.fullcov-<name>.<random>.tmp``): a
     user's ``.notes.tmp`` stays.
     """
-    stale = [p for p in Path(folder).glob(f"{TEMP_PREFIX}*.tmp") if _TEMPORARY.fullmatch(p.name) and p.is_file()]
+    stale = [p for p in Path(folder).glob(f"{TEMP_PREFIX}*.tmp") if _TEMPORARY.fullmatch(p.name) and _regular(p)]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
+
+
+def _regular(path: Path) -> bool:
+    """Whether ``path`` itself (not a link's target) is a regular file: the only kind we ever write."""
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
 
 
 def _umask() -> int:
@@ -93,7 +105,7 @@ def _umask() -> int:
 
 def _fsync_dir(folder: Path) -> None:
     try:
-        fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:  # some platforms cannot open folders
         return
     try:

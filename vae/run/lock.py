@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Iterator, Optional
@@ -32,7 +33,7 @@ try:
 except ImportError:  # Windows: no advisory locks, training runs unlocked
     fcntl = None
 
-__all__ = ["LOCK_NAME", "RunFolderBusy", "RunLock", "lock_run_folder", "holding"]
+__all__ = ["LOCK_NAME", "RunFolderBusy", "UnsafeLockFile", "RunLock", "lock_run_folder", "holding"]
 
 LOCK_NAME = ".fullcov.lock"
 PID_WAIT = 1.0  # seconds to wait for a fresh holder to write its PID into the lock file
@@ -53,6 +54,14 @@ class RunFolderBusy(Exception):
                          "wait for it to finish (or stop it), or choose another --run-name")
 
 
+class UnsafeLockFile(ValueError):
+    """The lock file is a symbolic link or not a regular file: never opened for writing, it may be anyone's."""
+
+    def __init__(self, path: Path, what: str):
+        super().__init__(f"{path} is {what}, not the lock file training writes; nothing was written through it "
+                         "(remove it if the run folder is yours)")
+
+
 class RunLock:
     """The exclusive lock of one run folder, held from :meth:`acquire` to :meth:`release`.
 
@@ -68,11 +77,29 @@ class RunLock:
     def acquire(self) -> "RunLock":
         """Take the lock at once, or raise :class:`RunFolderBusy`; write this PID into the lock file.
 
+        The lock file is opened without following a symbolic link and without blocking on a FIFO, and
+        must be a regular file: a link planted in a run folder never truncates (or creates) its target.
+
         Raises:
             RunFolderBusy: another process holds it.
+            UnsafeLockFile: it is a symbolic link, a FIFO, a device or a folder.
             OSError: the lock file cannot be opened.
         """
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        flags = (os.O_RDWR | os.O_CREAT | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+                 | getattr(os, "O_NOFOLLOW", 0))
+        if os.path.islink(self.path):  # also where O_NOFOLLOW is missing
+            raise UnsafeLockFile(self.path, "a symbolic link")
+        try:
+            fd = os.open(self.path, flags, 0o666)
+        except OSError as err:
+            if err.errno in (errno.ELOOP, errno.EMLINK):  # O_NOFOLLOW met a link made after the check
+                raise UnsafeLockFile(self.path, "a symbolic link") from None
+            if err.errno == errno.EISDIR:
+                raise UnsafeLockFile(self.path, "a folder") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UnsafeLockFile(self.path, "a FIFO, a device or a socket")
         if fcntl is None:
             self._fd = fd
             return self

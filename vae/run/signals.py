@@ -5,7 +5,8 @@ only sets ``stop.signum``; the training loop looks at it after every step,
 writes ``last.pt`` and raises :class:`TrainingInterrupted`. A second signal
 aborts at once with exit code 128 + signal number (checkpoint writes are
 atomic, so the last complete ``last.pt`` survives). On leaving the block the
-previous handlers are restored.
+previous handlers are restored. A signal the process was started with ignored
+(``train.py ... &`` from a script ignores SIGINT) stays ignored.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ class GracefulStop:
     """Context manager that turns SIGINT and SIGTERM into a request to stop.
 
     Outside the main thread (where Python cannot install handlers) it does
-    nothing and ``signum`` stays None.
+    nothing and ``signum`` stays None. A signal whose disposition is "ignore" is left ignored.
     """
 
     def __init__(self) -> None:
@@ -47,7 +48,8 @@ class GracefulStop:
     def __enter__(self) -> "GracefulStop":
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
@@ -118,7 +119,8 @@ class RunProgress:
         return improved
 
 
-def resume_config(config: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, dict[str, Any]]:
+def resume_config(config: TrainConfig, explicit: set[str],
+                  world_size: Optional[int] = None) -> tuple[TrainConfig, dict[str, Any]]:
     """The stored config of the run to resume, with the flags given now applied, and ``last.pt`` itself.
 
     ``last.pt`` is read once, here; pass it on as ``train(config, resume_state=state)``. Read it
@@ -128,7 +130,9 @@ def resume_config(config: TrainConfig, explicit: set[str]) -> tuple[TrainConfig,
     from the stored run: ``epochs`` among them, to extend a run at a constant
     learning rate (a schedule is scaled to the run's epochs), and ``device``,
     to name the device it was trained on (``--device cpu`` for a run stored as
-    ``auto``; another device is refused, see :func:`check_resume`).
+    ``auto``; another device is refused, see :func:`check_resume`). ``world_size`` (the processes
+    that would continue it) is checked first: a new count explains any flag it would make wrong.
+    The data folder: ``data_dir`` if given now, else ``$VAE_DATA_DIR`` (dropping the stored one).
 
     Raises:
         ValueError: no run to resume, a flag that contradicts the stored run, or
@@ -140,12 +144,16 @@ def resume_config(config: TrainConfig, explicit: set[str]) -> tuple[TrainConfig,
         raise ArgumentError("resume", f": no {last} to resume from")
     state = load_checkpoint(last)
     stored = config_from_dict(state["config"])
+    if world_size is not None:
+        _check_world_size(state, last, world_size)
     for name in sorted(explicit - set(RESUMABLE_OVERRIDES)):
         if getattr(config, name) != getattr(stored, name):
             raise ArgumentError("resume", f": {last} was trained with `{name}` {getattr(stored, name)!r}; "
                                           "drop that value or start a new run")
     resumed = dataclasses.replace(stored, **{name: getattr(config, name) for name in explicit
                                              if name in RESUMABLE_OVERRIDES})
+    if "data_dir" not in explicit and os.environ.get("VAE_DATA_DIR"):  # the environment before the stored path
+        resumed = dataclasses.replace(resumed, data_dir=None)
     check_resume(resumed, state, last)
     return resumed, state
 
@@ -198,8 +206,14 @@ def check_resume(config: TrainConfig, state: dict[str, Any], path: Path, device:
         raise ArgumentError("resume", f": {path} was trained on {trained_on}; continued on {device.type}, its "
                                       f"results would differ from an uninterrupted run (pass `device` {trained_on}, "
                                       "or start a new run with `init_from`)")
+    if world_size is not None:
+        _check_world_size(state, path, world_size)
+
+
+def _check_world_size(state: dict[str, Any], path: Path, world_size: int) -> None:
+    """Refuse to continue a run by another number of processes than trained it."""
     trained_by = state.get("world_size", 1)
-    if world_size is not None and world_size != trained_by:
+    if world_size != trained_by:
         raise ArgumentError("resume", f": {path} was trained by {_processes(trained_by)}; continued by "
                                       f"{_processes(world_size)}, each one's data slices and random streams would "
                                       f"differ from an uninterrupted run (resume it with {_launch(trained_by)}, or "

@@ -162,5 +162,8 @@ def main(argv=None) -> int:
         run(cfg)
     except (FloatingPointError, WriteError) as err:  # a diverged fit; a full disk under the plot
         return parser.fail(err)
+    except torch.linalg.LinAlgError as err:  # a covariance too ill-conditioned for float32
+        return parser.fail(f"the problem's covariance cannot be factored in float32 ({str(err).splitlines()[0]}); "
+                           "lower --condition-number")
     return 0
 

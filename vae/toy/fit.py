@@ -134,9 +134,15 @@ def _conclude(history: FitHistory, loop: EpochLoop, loss: Objective, framed: Fra
         loop.gradient = loss.check(framed.loc, framed.scale_tril)[1]
     clamped = framed.publish(output)
     history.gradient, history.gtol = loop.gradient, settings.gtol
-    history.converged = loop.gradient <= settings.gtol and not clamped
+    overflowed = not all(bool(t.isfinite().all()) for t in (output.loc, output.scale_tril, output.covariance_matrix))
+    history.converged = loop.gradient <= settings.gtol and not clamped and not overflowed
     history.stopped_early = len(history) < settings.epochs
     message = verdict(history, settings, streamed=loss.streamed, standardize=standardize, clamped=clamped)
+    if overflowed:  # the fit itself may have held; its answer does not fit the result's float type
+        history.stop_reason = "overflow"
+        message = (f"fit_covariance did not converge: the fitted mean or covariance overflows {output.loc.dtype} "
+                   "(Inf); the data are too large in scale: pass them as float64, or divide them by a constant c "
+                   "(Sigma then scales by 1/c**2)")
     if message is not None and history.stop_reason != "callback":
         warnings.warn(message, UserWarning, stacklevel=3)  # at the caller of fit_covariance
 

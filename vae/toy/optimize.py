@@ -53,7 +53,8 @@ class FitHistory(list):
         gtol: the tolerance it was held to.
         stop_reason: why the run ended: ``"gtol"`` (the gradient check held),
             ``"stalled"`` (the loss stopped changing, by ``tol``, before it held),
-            ``"callback"``, or ``"epochs"`` (the epoch budget ran out).
+            ``"callback"``, ``"epochs"`` (the epoch budget ran out), or ``"overflow"`` (the
+            estimate overflowed the result's float type: never converged).
         stopped_early: the run ended before its epoch budget, for any of the
             first three reasons; not a verdict (a stalled run stops early too).
         iterations: optimizer iterations (Adam steps; L-BFGS inner iterations).

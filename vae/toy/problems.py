@@ -22,7 +22,8 @@ from typing import Optional
 
 from vae.cli import FIT_OPTIMIZERS, ArgumentError, check_choice, flag
 
-__all__ = ["PROBLEMS", "INITS", "CLI_OPTIMIZERS", "ToyConfig", "random_covariance", "make_problem"]
+__all__ = ["PROBLEMS", "INITS", "CLI_OPTIMIZERS", "MAX_DIM", "MAX_VALUES", "MAX_CONDITION", "ToyConfig",
+           "random_covariance", "make_problem"]
 
 PROBLEMS = {"mse": ("mse", 1000, 500), "mle": ("nll", 100, 1000), "batched": ("nll", 1024, 1000)}
 """problem -> (objective, classic samples, classic Adam epochs)"""
@@ -30,6 +31,12 @@ INITS = {"classic": ("exp", math.e), "identity": ("softplus", 1.0)}
 """init -> (diagonal transform, starting L = value * I)"""
 CLI_OPTIMIZERS = tuple(name for name in FIT_OPTIMIZERS if name != "auto")
 """The optimizers a toy run names: its defaults (lr, epochs) depend on which one it is."""
+MAX_DIM = 2000
+"""The largest ``--dim``: the fit holds several (D, D) float64 matrices and factors them every step."""
+MAX_VALUES = 10**8
+"""The most samples x dim values a toy data set may hold (400 MB of float32)."""
+MAX_CONDITION = 1e6
+"""The largest ``--condition-number``: the true Sigma is drawn in float32, whose Cholesky fails near 1e7."""
 CLASSIC_MEAN = [1.0, -1.0]
 CLASSIC_COV = [[1.0, 0.5], [0.5, 2.0]]
 
@@ -70,7 +77,10 @@ class ToyConfig:
         self.samples = samples if self.samples is None else self.samples
         self.epochs = (100 if lbfgs else epochs) if self.epochs is None else self.epochs
         self.lr = (1.0 if lbfgs else 0.01) if self.lr is None else self.lr
-        for name, ok, need in [("dim", self.dim >= 1, ">= 1"), ("samples", self.samples >= 2, ">= 2"),
+        if not 0 <= self.seed < 2**63:
+            raise ArgumentError("seed", f"must be in [0, 2**63), got {self.seed}")
+        for name, ok, need in [("dim", 1 <= self.dim <= MAX_DIM, f"in [1, {MAX_DIM}]"),
+                               ("samples", self.samples >= 2, ">= 2"),
                                ("epochs", self.epochs >= 1, ">= 1"), ("batch_size", self.batch_size >= 1, ">= 1"),
                                ("lr", 0 < self.lr < math.inf, "positive and finite")]:
             if not ok:
@@ -79,8 +89,12 @@ class ToyConfig:
             raise ArgumentError("samples", f"must exceed {flag('dim')} for the {self.problem} problem: "
                                 f"{self.samples} samples in {self.dim} dimensions give a singular covariance, "
                                 f"which has no Gaussian likelihood; use {flag('samples')} {self.dim + 1} or more")
-        if self.condition_number is not None and not 1 <= self.condition_number < math.inf:
-            raise ArgumentError("condition_number", f"must be >= 1 and finite, got {self.condition_number}")
+        if self.samples * self.dim > MAX_VALUES:
+            raise ArgumentError("samples", f"{self.samples} in {self.dim} dimensions is {self.samples * self.dim:,} "
+                                f"values, over the {MAX_VALUES:,} a toy problem may hold; lower {flag('samples')}")
+        if self.condition_number is not None and not 1 <= self.condition_number <= MAX_CONDITION:
+            raise ArgumentError("condition_number", f"must be in [1, {MAX_CONDITION:g}] (the true Sigma is drawn in "
+                                f"float32), got {self.condition_number}")
 
 
 def random_covariance(dim: int, condition_number: float, generator=None):
