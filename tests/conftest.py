@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import struct
 import sys
 from pathlib import Path
@@ -19,6 +20,18 @@ os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 # The real data root, read once: every test then runs without VAE_DATA_DIR (see no_data_dir_env), so
 # that a run given --data-dir resumes from it, whatever folder the environment of the suite names.
 REAL_DATA_DIR = Path(os.environ.get("VAE_DATA_DIR") or REPO.parent / "shared" / "data")
+
+
+@pytest.fixture(autouse=True)
+def sigint_as_in_a_terminal():
+    """SIGINT raises KeyboardInterrupt in each test, and reaches the processes it starts, as in a terminal.
+
+    However the suite was started: ``nohup``, a background job and some CI runners start it with SIGINT
+    ignored, which training (rightly) leaves ignored. The test that needs it ignored sets that itself.
+    """
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
 
 
 @pytest.fixture(autouse=True)
