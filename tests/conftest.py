@@ -82,6 +82,12 @@ def fake_mnist(tmp_path: Path) -> Path:
     return write_fake_mnist(tmp_path / "data")
 
 
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """A tiny fake MNIST shared by a module's tests (a module may define its own, larger one)."""
+    return write_fake_mnist(tmp_path_factory.mktemp("data"))
+
+
 @pytest.fixture
 def real_data() -> Path:
     root = real_data_dir()

@@ -16,18 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_fake_mnist
 from tests.test_reliability import assert_one_line_error, quiet, run_many, tiny_config, train_args
 from vae.run.checkpoint import load_checkpoint
 from vae.training import train
 
 PNG = b"\x89PNG\r\n\x1a\n"
 OLD = "an older file that must survive\n"
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return write_fake_mnist(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")

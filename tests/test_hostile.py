@@ -18,17 +18,13 @@ import pytest
 import torch
 
 import vae
-from tests.conftest import run_cli, write_fake_mnist
+from tests.conftest import run_cli
 from tests.test_reliability import assert_one_line_error, run_many, tiny_config
+from tests.test_training import assert_names_the_largest_that_fits
 from vae.run.checkpoint import CheckpointError, load_checkpoint
 from vae.training import train
 
 TIMEOUT = 180
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return write_fake_mnist(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")
@@ -245,21 +241,13 @@ def load_config(path: Path):
 
 
 def test_the_step_memory_counts_the_full_posterior_and_names_the_latent_dim_that_fits():
-    import re
-
     from vae.config import TrainConfig
-    from vae.devices import check_step_memory, step_memory_bytes
+    from vae.devices import step_memory_bytes
 
-    cpu, gib = torch.device("cpu"), 2**30
     full, diagonal = TrainConfig(latent_dim=3000), TrainConfig(latent_dim=3000, posterior="diagonal")
     assert step_memory_bytes(full) > 16 * 400 * 3000 * 3001 // 2  # the scale head, its gradient and Adam's state
     assert step_memory_bytes(diagonal) < step_memory_bytes(full) / 100
-    with pytest.raises(ValueError, match=r"lower latent_dim to \d+") as refused:
-        check_step_memory(full, cpu, total=16 * gib)
-    fits = int(re.search(r"lower --latent-dim to (\d+)", refused.value.as_flag()).group(1))
-    check_step_memory(dataclasses.replace(full, latent_dim=fits), cpu, total=16 * gib)
-    with pytest.raises(ValueError):
-        check_step_memory(dataclasses.replace(full, latent_dim=fits + 1), cpu, total=16 * gib)
+    assert_names_the_largest_that_fits(full, "latent_dim", 16 * 2**30, r"lower latent_dim to \d+")
     result = run_cli("train.py", "--latent-dim", "30000", "--limit", "200", "--epochs", "1", "--device", "cpu",
                      "--data-dir", "nowhere", timeout=TIMEOUT)
     assert_one_line_error(result, 2, "--latent-dim 30000", "lower --latent-dim to")

@@ -10,7 +10,7 @@ from tests.conftest import CUDA_MARKS, run_cli
 from tests.test_training import read_metrics, tiny_config
 from vae.config import TrainConfig
 from vae.devices import check_amp, native_bf16
-from vae.model import FAMILIES, VAE
+from vae.model import FAMILIES
 from vae.model.objectives import training_loss
 from vae.model.posteriors import LowRankGaussian
 from vae.run.checkpoint import build_model

@@ -28,7 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import vae
-from tests.conftest import REPO, run_cli, write_fake_mnist
+from tests.conftest import REPO, run_cli
 from vae.run.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from vae.cholesky import DIAG_FLOOR, logdet_covariance
 from vae.config import TrainConfig
@@ -182,11 +182,6 @@ def tiny_config(data: Path, out: Path, **overrides) -> TrainConfig:
 
 def quiet(*_) -> None:
     pass
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return write_fake_mnist(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")

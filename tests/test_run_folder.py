@@ -12,18 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli, write_fake_mnist
+from tests.conftest import run_cli
 from tests.test_reliability import (
     TIMEOUT, Trainer, assert_one_line_error, quiet, run_many, temporaries, tiny_config, train_args,
 )
 from vae.run.checkpoint import load_checkpoint
 from vae.run.lock import LOCK_NAME, RunFolderBusy, RunLock, holding, lock_run_folder
 from vae.training import train
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return write_fake_mnist(tmp_path_factory.mktemp("data"))
 
 
 # ---------------------------------------------------------------- one writer per run folder

@@ -15,16 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_cli, write_fake_mnist
+from tests.conftest import REPO, run_cli
 from tests.test_reliability import MODEL_FLAGS, Trainer, csv_epochs, temporaries
 
 TIMEOUT = 180
 EPOCHS = 3
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return write_fake_mnist(tmp_path_factory.mktemp("data"))
 
 
 def args(data: Path, out: Path, name: str, *extra: str) -> list[str]:

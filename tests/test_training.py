@@ -196,21 +196,31 @@ def test_a_training_step_too_large_for_the_memory_is_refused_before_the_data(tmp
     assert not (tmp_path / "out").exists() and not (tmp_path / "nowhere").exists()  # the data was never looked for
 
 
-def test_the_memory_limit_is_a_quarter_of_the_device_and_names_the_batch_that_fits():
+def assert_names_the_largest_that_fits(config: TrainConfig, field: str, total: int, match: str) -> None:
+    """``config``'s step is refused in one line (``match``) naming the largest ``field`` that fits ``total``."""
     import re
 
+    from vae.devices import check_step_memory
+
+    cpu = torch.device("cpu")
+    with pytest.raises(ValueError, match=match) as refused:
+        check_step_memory(config, cpu, total=total)
+    flag = "--" + field.replace("_", "-")
+    fits = int(re.search(rf"lower {flag} to (\d+)", refused.value.as_flag()).group(1))
+    check_step_memory(dataclasses.replace(config, **{field: fits}), cpu, total=total)
+    with pytest.raises(ValueError):
+        check_step_memory(dataclasses.replace(config, **{field: fits + 1}), cpu, total=total)
+
+
+def test_the_memory_limit_is_a_quarter_of_the_device_and_names_the_batch_that_fits():
     from vae.devices import STEP_MEMORY_FRACTION, check_step_memory, step_memory_bytes
 
     cpu, gib = torch.device("cpu"), 2**30
     issue = TrainConfig(objective="iwae", k=5000)  # batch 128, hidden 400: the issue measured 7.8 GB
     assert 7 * gib < step_memory_bytes(issue) < 9 * gib and STEP_MEMORY_FRACTION == 0.25
     check_step_memory(issue, cpu, total=64 * gib)  # 16 GiB allowed
-    with pytest.raises(ValueError, match=r"needs about 7\.7 GiB .* over 25% of the 16\.0 GiB of cpu memory") as refused:
-        check_step_memory(issue, cpu, total=16 * gib)
-    fits = int(re.search(r"lower --batch-size to (\d+) or --k", refused.value.as_flag()).group(1))
-    check_step_memory(dataclasses.replace(issue, batch_size=fits), cpu, total=16 * gib)
-    with pytest.raises(ValueError):
-        check_step_memory(dataclasses.replace(issue, batch_size=fits + 1), cpu, total=16 * gib)
+    assert_names_the_largest_that_fits(issue, "batch_size", 16 * gib,
+                                       r"needs about 7\.7 GiB .* over 25% of the 16\.0 GiB of cpu memory")
     with pytest.raises(ValueError, match="lower k$"):  # not even one image fits
         check_step_memory(TrainConfig(k=10**9, batch_size=1), cpu, total=16 * gib)
     check_step_memory(TrainConfig(), cpu)  # the defaults fit anywhere
