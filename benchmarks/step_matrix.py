@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vae.cli import DEVICES, ArgumentParser  # noqa: E402
 from vae.config import TrainConfig  # noqa: E402
-from vae.devices import autocast, check_amp, resolve_device  # noqa: E402
+from vae.devices import amp_supported, autocast, resolve_device  # noqa: E402
 from vae.model import FAMILIES  # noqa: E402
 from vae.run.checkpoint import build_model  # noqa: E402
 from vae.step import TrainStep  # noqa: E402
@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objective", default="iwae", choices=("elbo", "iwae"))
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--estimator", default="dreg", choices=("reparam", "stl", "dreg"))
-    parser.add_argument("--grad-clip", type=float, default=100.0, help="clipping on (it scales the gradients in place, between the compiled graphs)")
+    parser.add_argument("--grad-clip", type=float, default=100.0,
+                        help="clipping on (it scales the gradients in place, between the compiled graphs)")
     parser.add_argument("--posteriors", nargs="+", default=list(FAMILIES), choices=tuple(FAMILIES))
     parser.add_argument("--compiled", nargs="*", default=None, choices=tuple(FAMILIES),
                         help="the families also run compiled (default: all of --posteriors)")
@@ -94,12 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps must be at least 2")
     try:
         device = resolve_device(args.device)
-        check_amp(device, True)
-        precisions = (False, True)
     except ValueError as err:
-        device = resolve_device(args.device)
-        print(f"note: bf16 rows skipped ({str(err).splitlines()[0]})")
-        precisions = (False,)
+        parser.error(err)
+    precisions = (False, True) if amp_supported(device) else (False,)
+    if len(precisions) == 1:
+        print(f"note: bf16 rows skipped (--amp does not run on this {device.type})")
     skips = _Skips()
     torch._logging.set_logs(perf_hints=True)
     logging.getLogger("torch").addHandler(skips)

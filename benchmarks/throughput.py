@@ -43,7 +43,7 @@ from vae.config import TrainConfig  # noqa: E402
 from vae.data import load_split, resolve_data_dir  # noqa: E402
 from vae.model import FAMILIES  # noqa: E402
 from vae.run.checkpoint import build_model  # noqa: E402
-from vae.devices import autocast, check_amp, resolve_device, set_threads  # noqa: E402
+from vae.devices import amp_supported, autocast, check_amp, resolve_device, set_threads  # noqa: E402
 from vae.epoch import train_epoch  # noqa: E402
 from vae.training import make_optimizer  # noqa: E402
 from vae.step import TrainStep  # noqa: E402
@@ -250,11 +250,7 @@ def _dtype(amp: bool) -> torch.dtype:
 def _precisions(device, asked) -> list[bool]:
     """The ``amp`` settings to time: ``asked``, else bf16 too where the device has it natively."""
     if asked is None:
-        try:
-            check_amp(device, True)
-            return [False, True]
-        except ValueError:
-            return [False]
+        return [False, True] if amp_supported(device) else [False]
     if "bf16" in asked:
         check_amp(device, True)  # refuses in one line where --amp would
     return [name == "bf16" for name in dict.fromkeys(asked)]

@@ -23,8 +23,8 @@ from vae.cli import ArgumentError, check_choice
 
 __all__ = [
     "available", "resolve_device", "THREAD_ENV", "usable_cores", "busy_cores", "auto_threads", "set_threads",
-    "accumulator_dtype", "native_bf16", "check_amp", "autocast", "STEP_MEMORY_FRACTION", "step_memory_bytes",
-    "device_memory", "check_step_memory",
+    "accumulator_dtype", "native_bf16", "check_amp", "amp_supported", "autocast", "STEP_MEMORY_FRACTION",
+    "step_memory_bytes", "device_memory", "check_step_memory",
 ]
 
 STEP_MEMORY_FRACTION = 0.25
@@ -164,6 +164,15 @@ def check_amp(device: torch.device, amp: bool) -> str:
     return f"precision: bf16 autocast for the networks ({where}); covariance maths, KL and likelihood in float32"
 
 
+def amp_supported(device: torch.device) -> bool:
+    """Whether ``--amp`` runs on ``device``: :func:`check_amp` would not refuse it."""
+    try:
+        check_amp(device, True)
+    except ArgumentError:
+        return False
+    return True
+
+
 def autocast(device: torch.device, enabled: bool):
     """bf16 autocast on CUDA or the CPU when ``enabled`` (see :func:`check_amp`); a no-op otherwise."""
     if enabled and device.type in ("cuda", "cpu"):
@@ -184,10 +193,11 @@ def _step_memory_parts(config) -> tuple[int, int]:
     16 to 500-500, against 2,390 to 4,544 here. The test set is not counted.
     """
     from vae.data import IMAGE_PIXELS  # here: loading a checkpoint needs this module, not torchvision
+    from vae.model.posteriors import FAMILIES  # each family sizes its own raw head
 
     dim, hidden, rank = config.latent_dim, tuple(config.hidden), config.rank
-    head = {"full": dim * (dim + 1) // 2, "diagonal": dim, "lowrank": dim * (rank + 1)}[config.posterior]
-    factor = {"full": dim * dim, "diagonal": dim, "lowrank": dim * (rank + 1)}[config.posterior]
+    head = FAMILIES[config.posterior].head_size(dim, rank)
+    factor = dim * dim if config.posterior == "full" else head  # the dense (D, D) L; the others hold their entries
     encoder = (IMAGE_PIXELS, *hidden)
     decoder = (dim, *reversed(hidden), IMAGE_PIXELS)
     params = sum((a + 1) * b for a, b in zip(encoder, encoder[1:])) + (hidden[-1] + 1) * (dim + head)

@@ -34,9 +34,8 @@ __all__ = [
     "set_rng_state", "checkpoint_state", "restore_run", "checked_last", "check_resume",
 ]
 
-RESUMABLE_OVERRIDES = ("epochs", "data_dir", "out_dir", "run_name", "resume",
-                       "eval_batch_size", "eval_every", "amp", "compile", "plots", "progress", "grad_clip", "device", "dist_timeout",
-                       "threads")
+RESUMABLE_OVERRIDES = ("epochs", "data_dir", "out_dir", "run_name", "resume", "eval_batch_size", "eval_every", "amp",
+                       "compile", "plots", "progress", "grad_clip", "device", "dist_timeout", "threads")
 RESUME_KEYS = ("optimizer", "step", "rng", "best_test_neg_elbo")
 
 
