@@ -18,7 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vae.cli import DEVICES, ArgumentParser  # noqa: E402
+from vae.choices import DEVICES  # noqa: E402
+from vae.cli import ArgumentParser  # noqa: E402
 from vae.config import TrainConfig  # noqa: E402
 from vae.devices import amp_supported, autocast, resolve_device  # noqa: E402
 from vae.model import FAMILIES  # noqa: E402

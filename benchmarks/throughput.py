@@ -37,9 +37,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vae.cli import DEVICES, THREADS_HELP, ArgumentParser, require_positive  # noqa: E402
+from vae.choices import DEVICES  # noqa: E402
+from vae.cli import ArgumentParser, require_positive  # noqa: E402
 
-from vae.config import TrainConfig  # noqa: E402
+from vae.config import THREADS_HELP, TrainConfig  # noqa: E402
 from vae.data import load_split, resolve_data_dir  # noqa: E402
 from vae.model import FAMILIES  # noqa: E402
 from vae.run.checkpoint import build_model  # noqa: E402

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from vae.cli import CHOICES, ArgumentError, ArgumentParser, as_flags, check_choice
+from vae.choices import CHOICES, check_choice
+from vae.cli import ArgumentParser
+from vae.errors import ArgumentError, as_flags
 from vae.config import TrainConfig
 
 

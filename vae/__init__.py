@@ -1,20 +1,19 @@
 """fullcov-vae: a full-covariance Gaussian VAE and a Cholesky covariance learner.
 
+The package root is the Python API, the top of the layers (``docs/architecture.md``):
 ``vae.load_model(path)`` returns a trained :class:`vae.model.VAE` in eval mode.
-It is imported on first use, so ``import vae.config`` (the command lines'
-flags) does not pay for importing torch.
+Its parts are imported on first use, so ``import vae.config`` (the command
+lines' flags) does not pay for importing torch; no module of the package
+imports the root.
 """
-from pathlib import Path
-
 __all__ = ["load_model", "PRETRAINED_DIR"]
 
-PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
-"""The shipped models, package data (``vae/pretrained/``); no command writes into it."""
+_API = {"load_model": "vae.run.checkpoint", "PRETRAINED_DIR": "vae.choices"}
 
 
 def __getattr__(name: str):
-    if name == "load_model":
-        from vae.run.checkpoint import load_model
+    if name in _API:
+        import importlib
 
-        return load_model
+        return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'vae' has no attribute {name!r}")

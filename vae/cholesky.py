@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from vae.cli import DIAG_TRANSFORMS, check_choice
+from vae.choices import DIAG_TRANSFORMS, check_choice
 
 __all__ = [
     "DIAG_TRANSFORMS",

@@ -14,14 +14,14 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vae import PRETRAINED_DIR
-from vae.cli import (
+from vae.choices import (
     BINARIZATIONS, DATASETS, DEVICES, DIAG_TRANSFORMS, ESTIMATORS, FAMILIES, LR_SCHEDULES, OBJECTIVES, OUTPUT_BIASES,
-    THREADS_HELP, ArgumentError, check_choice, check_path, flag,
+    PRETRAINED_DIR, check_choice, check_estimator, check_path,
 )
+from vae.errors import ArgumentError, flag
 
 __all__ = [
-    "DIST_TIMEOUT_MAX", "TrainConfig", "PRESETS", "check_seed", "check_estimator", "check_run_name",
+    "DIST_TIMEOUT_MAX", "THREADS_HELP", "TrainConfig", "PRESETS", "check_seed", "check_run_name",
     "add_config_args", "config_from_args", "config_from_dict", "preset_config",
 ]
 
@@ -39,6 +39,7 @@ PRESETS: dict[str, dict] = {
 }
 
 
+THREADS_HELP = "CPU threads for torch; 0: the cores no other job is busy on, unless OMP_NUM_THREADS sets them"
 DIST_TIMEOUT_MAX = 7 * 24 * 3600.0
 """The longest ``--dist-timeout`` (a week): far above any real wait, far below what ``timedelta`` overflows at."""
 
@@ -47,16 +48,6 @@ def check_seed(seed: int) -> None:
     """Raise ``ValueError`` unless ``seed`` is one that ``torch.Generator.manual_seed`` takes, [0, 2**63)."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise ArgumentError("seed", f"must be in [0, 2**63), got {seed}")
-
-
-def check_estimator(objective: str, k: int, estimator: str) -> None:
-    """Raise :class:`~vae.cli.ArgumentError` unless the gradient ``estimator`` is unbiased for ``objective`` at ``k``."""
-    check_choice("estimator", estimator)
-    if estimator == "dreg" and objective != "iwae":
-        raise ArgumentError("estimator", "dreg is for the iwae objective; the ELBO's doubly reparameterized "
-                            "gradient is stl")
-    if estimator == "stl" and objective == "iwae" and k > 1:
-        raise ArgumentError("estimator", "stl is biased for the iwae objective at k above 1; use dreg")
 
 
 def check_run_name(name: typing.Optional[str]) -> None:
@@ -86,7 +77,7 @@ def _knob(default, help: str, choices: tuple | None = None, **kw):
 class TrainConfig:
     """Configuration of one training run (see ``python train.py --help``)."""
 
-    dataset: str = _knob("mnist", "dataset to train on", DATASETS)
+    dataset: str = _knob("mnist", "dataset to train on", tuple(DATASETS))
     data_dir: typing.Optional[str] = _knob(
         None, "dataset root (torchvision layout); default $VAE_DATA_DIR, else ./data (downloaded)"
     )
@@ -95,7 +86,7 @@ class TrainConfig:
     latent_dim: int = _knob(20, "latent dimension D")
     hidden: typing.Tuple[int, ...] = _knob((400,), "hidden widths of encoder and decoder, e.g. --hidden 500 500")
     posterior: str = _knob("full", "posterior family: full Cholesky factor, diagonal, or low rank plus diagonal",
-                           FAMILIES)
+                           tuple(FAMILIES))
     rank: int = _knob(2, "rank R of the lowrank posterior's factor W (Sigma = W W^T + diag(d))")
     diag_transform: str = _knob("softplus", "positive map of the factor's diagonal", DIAG_TRANSFORMS)
     diag_warmup: int = _knob(
@@ -154,7 +145,7 @@ class TrainConfig:
             self.hidden = tuple(self.hidden)  # a stored list, or the flag's; anything else fails validate()
 
     def validate(self) -> None:
-        """Raise :class:`~vae.cli.ArgumentError` (a ``ValueError``) with a one-line message for any impossible value."""
+        """Raise :class:`~vae.errors.ArgumentError` (a ``ValueError``) with a one-line message for any impossible value."""
         for name in ("latent_dim", "rank", "k", "epochs", "batch_size", "eval_batch_size", "eval_every"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:

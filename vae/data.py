@@ -15,7 +15,8 @@ from typing import Iterator, Optional
 import torch
 import torchvision
 
-from vae.cli import check_choice
+from vae.choices import DATASETS, check_choice
+from vae.errors import UsageError
 
 __all__ = [
     "DataError",
@@ -29,11 +30,10 @@ __all__ = [
     "batch_indices",
 ]
 
-_TORCHVISION = {"mnist": torchvision.datasets.MNIST, "fashion-mnist": torchvision.datasets.FashionMNIST}  # vae.cli.DATASETS
 IMAGE_PIXELS = 28 * 28
 
 
-class DataError(Exception):
+class DataError(UsageError):
     """The dataset is missing, unreadable or corrupted; the message says what to do."""
 
 
@@ -60,7 +60,7 @@ def resolve_data_dir(data_dir: Optional[str] = None, stored: Optional[str] = Non
 
 
 def _torchvision_split(dataset: str, root: Path, train: bool):
-    cls = _TORCHVISION[dataset]
+    cls = getattr(torchvision.datasets, DATASETS[dataset])
     folder = root / cls.__name__
     created = [path for path in (folder / "raw", folder, root) if not path.exists()]
     missing = [name for name in _raw_names(cls) if not (folder / "raw" / name).is_file()]
@@ -146,7 +146,7 @@ def load_split(
     except (AssertionError, ValueError, KeyError, IndexError, RuntimeError) as err:
         detail = (str(err).strip() or "bad header").splitlines()[0]
         raise DataError(
-            f"corrupted {dataset} files under {root / _TORCHVISION[dataset].__name__ / 'raw'}: "
+            f"corrupted {dataset} files under {root / DATASETS[dataset] / 'raw'}: "
             f"not valid IDX data ({type(err).__name__}: {detail}); "
             "replace them or point `data_dir` at a good copy"
         ) from None

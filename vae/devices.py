@@ -19,7 +19,8 @@ from typing import Optional
 
 import torch
 
-from vae.cli import ArgumentError, check_choice
+from vae.choices import check_choice
+from vae.errors import ArgumentError
 
 __all__ = [
     "available", "resolve_device", "THREAD_ENV", "usable_cores", "busy_cores", "auto_threads", "set_threads",

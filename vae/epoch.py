@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vae.config import TrainConfig
+from vae.errors import FullcovError
 from vae.data import ImageSplit, batch_indices
 from vae.devices import accumulator_dtype, autocast
 from vae.model import VAE
@@ -35,7 +36,7 @@ EVAL_NOISE_SEED = 0  # the per-epoch test bound uses the same posterior noise ev
 PROGRESS_EVERY = 50  # steps between host syncs for the progress bar and the finiteness check
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(FullcovError):
     """The loss became NaN or Inf; the last checkpoint on disk is the last good one."""
 
 

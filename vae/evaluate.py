@@ -35,10 +35,11 @@ from typing import Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
-from vae.cli import (
-    DEVICES, THREADS_HELP, ArgumentError, ArgumentParser, check_path, command_name, require_positive, say,
-)
-from vae.config import check_seed
+from vae.choices import DEVICES, check_path
+from vae.cli import ArgumentParser, command_name, require_positive
+from vae.errors import ArgumentError
+from vae.streams import say
+from vae.config import THREADS_HELP, check_seed
 from vae.data import DataError, evaluation_images, load_split, resolve_data_dir
 from vae.devices import accumulator_dtype, resolve_device, set_threads
 from vae.model import VAE, Draw, GaussianPosterior

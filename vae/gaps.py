@@ -48,11 +48,10 @@ from typing import Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from vae.cli import (
-    DEVICES, FAMILIES as FAMILY_NAMES, THREADS_HELP, ArgumentParser, check_path, command_name, require_positive,
-    say,
-)
-from vae.config import check_seed
+from vae.choices import DEVICES, FAMILIES as FAMILY_NAMES, check_path
+from vae.cli import ArgumentParser, command_name, require_positive
+from vae.streams import say
+from vae.config import THREADS_HELP, check_seed
 from vae.data import DataError, evaluation_images, load_split, resolve_data_dir
 from vae.devices import resolve_device, set_threads
 from vae.evaluate import MAX_ROWS, check_output_path, importance_weighted_bounds, result_path

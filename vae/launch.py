@@ -22,7 +22,8 @@ import signal
 import sys
 from typing import Optional
 
-from vae.cli import command_name, say
+from vae.cli import command_name
+from vae.streams import say
 from vae.run.distributed import LAUNCHER_ENV
 
 __all__ = ["STOPPED", "main"]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 
-from vae.cli import check_choice
+from vae.choices import check_choice
 
 __all__ = ["BURDA_EPOCHS", "BURDA_STAGES", "burda_stage", "learning_rate", "kl_weight"]
 

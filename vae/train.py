@@ -21,7 +21,9 @@ import shlex
 import sys
 from typing import Optional
 
-from vae.cli import ArgumentParser, as_flags, command_name, say, silence
+from vae.cli import ArgumentParser, command_name
+from vae.errors import as_flags
+from vae.streams import say, silence
 from vae.config import TrainConfig, add_config_args, preset_config
 from vae.run.distributed import from_env
 from vae.run.lock import RunFolderBusy, holding, lock_run_folder

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import torch
 
-from vae.cli import ArgumentError
+from vae.errors import ArgumentError
 from vae.config import TrainConfig
 from vae.data import ImageSplit, evaluation_images, load_split
 from vae.devices import check_amp, check_step_memory, resolve_device, set_threads

@@ -20,7 +20,9 @@ from typing import Optional, Sequence
 import torch
 from matplotlib.figure import Figure
 
-from vae.cli import ArgumentParser, check_path, command_name, say
+from vae.choices import check_path
+from vae.cli import ArgumentParser, command_name
+from vae.streams import say
 from vae.data import DataError, load_split, resolve_data_dir
 from vae.model import VAE
 from vae.run.checkpoint import PRETRAINED, CheckpointError, check_not_shipped, is_shipped, load_run

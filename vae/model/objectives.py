@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 import torch
 
-from vae.config import check_estimator
+from vae.choices import check_estimator
 from vae.model.posteriors import log_standard_normal
 from vae.model.vae import VAE, Draw
 
@@ -121,7 +121,7 @@ def training_loss(
         ``reparam`` and ``beta = 1`` the surrogate is the bound's own ``loss``.
 
     Raises:
-        ValueError: an estimator that is biased for this objective (:func:`vae.config.check_estimator`).
+        ValueError: an estimator that is biased for this objective (:func:`vae.choices.check_estimator`).
     """
     check_estimator(objective, k, estimator)
     unweighted = not torch.is_tensor(beta) and beta == 1.0  # a tensor beta (a compiled step's) is never branched on

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from vae.cholesky import at_least_float32
-from vae.cli import check_choice
+from vae.choices import check_choice
 from vae.model.networks import Decoder, Encoder
 from vae.model.posteriors import FAMILIES, GaussianPosterior
 

@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 
-from vae import PRETRAINED_DIR
+from vae.choices import PRETRAINED_DIR
 from vae.config import TrainConfig, config_from_dict
 from vae.devices import available
+from vae.errors import ArgumentError, FullcovError, UsageError
 from vae.model import VAE
 from vae.run.files import write_bytes_atomic
 from vae.run.schema import FORMAT, validate_state
@@ -39,7 +40,7 @@ ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # opening a FIFO must not wait for a writer (no such flag on Windows)
 
 
-class CheckpointError(Exception):
+class CheckpointError(FullcovError):
     """A file that is not a usable checkpoint of this project; the message says why."""
 
 
@@ -56,29 +57,29 @@ def is_shipped(path: str | Path) -> bool:
 
 
 def check_not_shipped(path: str | Path, what: str) -> None:
-    """Raise ``ValueError`` if ``path`` lies in the shipped folder, which no command writes; ``what`` names the output."""
+    """Raise :class:`~vae.errors.UsageError` if ``path`` lies in the shipped folder, which no command writes; ``what`` names the output."""
     if is_shipped(path):
-        raise ValueError(f"cannot write {what}: {PRETRAINED_DIR} holds the shipped models, which no command writes; "
+        raise UsageError(f"cannot write {what}: {PRETRAINED_DIR} holds the shipped models, which no command writes; "
                          "choose another `out` (or run from another folder)")
 
 
 def _check_map_location(map_location: Any) -> None:
-    """``ValueError`` for a device this machine lacks (``torch.load`` would fail as on a damaged file)."""
+    """:class:`~vae.errors.ArgumentError` (a ``ValueError``) for a device this machine lacks (``torch.load`` would fail as on a damaged file)."""
     if not isinstance(map_location, (str, torch.device)):
         return  # a dict or a function: torch.load's own business
     try:
         device = torch.device(map_location)
     except RuntimeError:
-        raise ValueError(f"map_location={map_location!r} is not a device (try 'cpu' or 'cuda')") from None
+        raise ArgumentError("map_location", f"={map_location!r} is not a device (try 'cpu' or 'cuda')") from None
     backend = getattr(torch, device.type, None)  # torch.xpu, torch.mtia, ...: each says if it is there
     present = device.type in ("cpu", "meta") or available(device.type) or bool(
         device.type not in ("cuda", "mps") and callable(getattr(backend, "is_available", None))
         and backend.is_available())
     if not present:
-        raise ValueError(f"map_location={map_location!r}: {device.type.upper()} is not available on this "
+        raise ArgumentError("map_location", f"={map_location!r}: {device.type.upper()} is not available on this "
                          "machine (use 'cpu')")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"map_location={map_location!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        raise ArgumentError("map_location", f"={map_location!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -37,7 +37,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
-from vae.cli import native_stderr_held
+from vae.errors import FullcovError
+from vae.streams import native_stderr_held
 
 __all__ = ["DistributedError", "PeerFailed", "Ranks", "from_env", "current", "process_group", "rank_seed",
            "LAUNCHER_ENV"]
@@ -47,11 +48,11 @@ LAUNCHER_ENV = "FULLCOV_LAUNCHER"
 _COMMUNICATION = ("gloo", "nccl", "NCCL", "Connection closed", "Connection reset", "Timed out", "timed out")
 
 
-class DistributedError(RuntimeError):
+class DistributedError(FullcovError):
     """This process lost the others (a timeout, a peer that died); nothing was saved since the last checkpoint."""
 
 
-class PeerFailed(RuntimeError):
+class PeerFailed(FullcovError):
     """Another rank failed to start and reported it; this one leaves quietly."""
 
 

@@ -16,6 +16,7 @@ import stat
 import tempfile
 from pathlib import Path
 
+from vae.errors import FullcovError
 from vae.run.faults import disk_full, pause_before_replace
 
 __all__ = ["TEMP_PREFIX", "WriteError", "write_bytes_atomic", "write_text_atomic", "save_figure",
@@ -25,7 +26,7 @@ TEMP_PREFIX = ".fullcov-"  # the temporaries of atomic writes: .fullcov-<name>.<
 _TEMPORARY = re.compile(re.escape(TEMP_PREFIX) + r".+\.[a-z0-9_]{8}\.tmp")  # mkstemp's random part
 
 
-class WriteError(OSError):
+class WriteError(FullcovError, OSError):
     """An output file could not be written (a full disk, say); the file it was to replace is intact.
 
     ``str()`` is one line naming the path, e.g. ``cannot write runs/r/last.pt: no space left on device``.

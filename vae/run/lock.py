@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
+from vae.errors import UsageError
+
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks, training runs unlocked
@@ -40,7 +42,7 @@ PID_WAIT = 1.0  # seconds to wait for a fresh holder to write its PID into the l
 UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}  # the file system cannot lock
 
 
-class RunFolderBusy(Exception):
+class RunFolderBusy(UsageError):
     """Another process holds the run folder's lock.
 
     Attributes:
@@ -54,7 +56,7 @@ class RunFolderBusy(Exception):
                          "wait for it to finish (or stop it), or choose another --run-name")
 
 
-class UnsafeLockFile(ValueError):
+class UnsafeLockFile(UsageError):
     """The lock file is a symbolic link or not a regular file: never opened for writing, it may be anyone's."""
 
     def __init__(self, path: Path, what: str):

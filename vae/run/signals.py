@@ -15,12 +15,14 @@ import threading
 from pathlib import Path
 from typing import Optional
 
+from vae.errors import FullcovError
+
 __all__ = ["STOP_SIGNALS", "GracefulStop", "TrainingInterrupted"]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class TrainingInterrupted(Exception):
+class TrainingInterrupted(FullcovError):
     """Training stopped on a signal after saving ``last.pt``.
 
     Attributes:

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple, Optional
 import torch
 
 from vae.run.checkpoint import CheckpointError, load_checkpoint, load_weights
-from vae.cli import ArgumentError
+from vae.errors import ArgumentError
 from vae.config import TrainConfig, config_from_dict
 
 __all__ = [

@@ -36,7 +36,8 @@ import os
 import warnings
 from typing import Optional
 
-from vae.cli import ArgumentError, ArgumentParser, command_name, flag  # torch-free: a bad flag is answered before torch loads
+from vae.cli import ArgumentParser, command_name  # torch-free: a bad flag is answered before torch loads
+from vae.errors import ArgumentError, flag
 from vae.toy.problems import INITS, PROBLEMS, ToyConfig, make_problem
 
 __all__ = ["CONVERGED", "main", "run"]
@@ -45,7 +46,7 @@ CONVERGED = 1e-3  # relative Frobenius error to the closed form
 
 
 def _png_path(out: Optional[str], problem: str) -> str:
-    """Resolve ``--out`` to a PNG path; raise :class:`~vae.cli.ArgumentError` if it cannot be written."""
+    """Resolve ``--out`` to a PNG path; raise :class:`~vae.errors.ArgumentError` if it cannot be written."""
     name = f"toy-{problem}.png"
     out = out or name
     if os.path.isdir(out) or out.endswith(("/", os.sep)):

@@ -23,7 +23,8 @@ from typing import Callable, Optional, Tuple, Union
 
 import torch
 
-from vae.cli import FIT_OBJECTIVES, FIT_OPTIMIZERS, ArgumentError, check_choice
+from vae.choices import FIT_OBJECTIVES, FIT_OPTIMIZERS, check_choice
+from vae.errors import ArgumentError
 from vae.toy.learner import CovarianceLearner, check_loc, check_scale_tril
 from vae.toy.moments import DATA, DataOrLoader, Moments, data_moments
 from vae.toy.objective import Framed, Objective
@@ -39,7 +40,7 @@ GTOL = {torch.float64: 1e-6, torch.float32: 1e-4}
 
 def _check_arguments(data_or_loader, objective, optimizer, lr, epochs, diag_transform, init, standardize, tol,
                      gtol, max_iter) -> None:
-    """Raise :class:`~vae.cli.ArgumentError` (one line) for a bad argument, before any pass over the data."""
+    """Raise :class:`~vae.errors.ArgumentError` (one line) for a bad argument, before any pass over the data."""
     check_choice("objective", objective, FIT_OBJECTIVES)
     check_choice("optimizer", optimizer, FIT_OPTIMIZERS)
     check_choice("diag_transform", diag_transform)

@@ -14,13 +14,13 @@ import torch
 from torch import nn
 
 from vae.cholesky import DIAG_FLOOR, entries_to_scale_tril, mvn_log_prob, scale_tril_to_entries, tril_size
-from vae.cli import ArgumentError
+from vae.errors import ArgumentError
 
 __all__ = ["CovarianceLearner", "check_loc", "check_scale_tril"]
 
 
 def check_loc(loc, dim: int, argument: str = "loc") -> torch.Tensor:
-    """``loc`` as a finite ``(D,)`` tensor; :class:`~vae.cli.ArgumentError` (a ``ValueError``) otherwise."""
+    """``loc`` as a finite ``(D,)`` tensor; :class:`~vae.errors.ArgumentError` (a ``ValueError``) otherwise."""
     loc = torch.as_tensor(loc)
     if loc.shape != (dim,):
         raise ArgumentError(argument, f"must have shape ({dim},), got {tuple(loc.shape)}")
@@ -33,7 +33,7 @@ def check_scale_tril(scale_tril, dim: int, argument: str = "scale_tril") -> torc
     """``scale_tril`` as a finite lower-triangular ``(D, D)`` tensor with a diagonal above the floor.
 
     Such a factor gives a positive-definite :math:`L L^\\top`. Raises
-    :class:`~vae.cli.ArgumentError` (a ``ValueError``) with one line otherwise.
+    :class:`~vae.errors.ArgumentError` (a ``ValueError``) with one line otherwise.
     """
     scale_tril = torch.as_tensor(scale_tril)
     if scale_tril.shape != (dim, dim):

@@ -12,7 +12,8 @@ from typing import Iterable, Iterator, Optional, Tuple, Union
 
 import torch
 
-from vae.cli import FIT_OBJECTIVES, ArgumentError, check_choice
+from vae.choices import FIT_OBJECTIVES, check_choice
+from vae.errors import ArgumentError
 
 __all__ = ["DataOrLoader", "Moments", "iter_batches", "data_moments", "closed_form", "relative_error",
            "sigma_points"]
@@ -55,7 +56,7 @@ def iter_batches(data_or_loader: DataOrLoader, dim: Optional[int] = None) -> Ite
     """Yield the data as validated ``(B, D)`` tensors, each checked as it arrives.
 
     A tensor is one batch; 1-tuples/lists (as ``TensorDataset`` yields) are
-    unwrapped. Raises :class:`~vae.cli.ArgumentError` (a ``ValueError``) for a
+    unwrapped. Raises :class:`~vae.errors.ArgumentError` (a ``ValueError``) for a
     batch that is not a 2-D tensor, has another ``D`` than ``dim`` (or than the
     first batch), or holds NaN/Inf.
     """

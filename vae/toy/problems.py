@@ -20,7 +20,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-from vae.cli import FIT_OPTIMIZERS, ArgumentError, check_choice, flag
+from vae.choices import FIT_OPTIMIZERS, check_choice
+from vae.errors import ArgumentError, flag
 
 __all__ = ["PROBLEMS", "INITS", "CLI_OPTIMIZERS", "MAX_DIM", "MAX_VALUES", "MAX_CONDITION", "ToyConfig",
            "random_covariance", "make_problem"]
@@ -69,7 +70,7 @@ class ToyConfig:
         return PROBLEMS[self.problem][0]
 
     def validate(self) -> None:
-        """Fill the per-problem defaults; raise :class:`~vae.cli.ArgumentError` on a bad value."""
+        """Fill the per-problem defaults; raise :class:`~vae.errors.ArgumentError` on a bad value."""
         check_choice("problem", self.problem, tuple(PROBLEMS))
         check_choice("optimizer", self.optimizer, CLI_OPTIMIZERS)
         _, samples, epochs = PROBLEMS[self.problem]

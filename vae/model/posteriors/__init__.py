@@ -25,6 +25,7 @@ with autocast disabled.
 """
 from __future__ import annotations
 
+from vae.choices import FAMILIES as FAMILY_CLASSES
 from vae.model.posteriors.base import SCALE_HEAD_INIT, GaussianPosterior, log_standard_normal
 from vae.model.posteriors.diagonal import DiagonalGaussian
 from vae.model.posteriors.full import FullGaussian
@@ -33,6 +34,5 @@ from vae.model.posteriors.lowrank import LowRankGaussian
 __all__ = ["GaussianPosterior", "FullGaussian", "DiagonalGaussian", "LowRankGaussian", "FAMILIES",
            "SCALE_HEAD_INIT", "log_standard_normal"]
 
-FAMILIES: dict[str, type[GaussianPosterior]] = {cls.family: cls for cls in (FullGaussian, DiagonalGaussian,
-                                                                            LowRankGaussian)}
-"""Family name (:data:`vae.cli.FAMILIES`) -> its class."""
+FAMILIES: dict[str, type[GaussianPosterior]] = {name: globals()[cls] for name, cls in FAMILY_CLASSES.items()}
+"""Family name -> its class: the registry :data:`vae.choices.FAMILIES`, resolved."""

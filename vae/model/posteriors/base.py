@@ -54,7 +54,7 @@ def _guard(cls: type, name: str) -> None:
 class GaussianPosterior:
     """N Gaussians in D dimensions: ``loc`` ``(N, D)`` and the family's factors, in the order of ``factors``.
 
-    Class attributes: ``family`` (its name, :data:`vae.cli.FAMILIES`); ``factors``, the
+    Class attributes: ``family`` (its name, :data:`vae.choices.FAMILIES`); ``factors``, the
     names of the tensors after ``loc`` that the constructor takes and stores.
     """
 
