@@ -1,6 +1,7 @@
 """Shared fixtures: the real data root, and a tiny MNIST written in torchvision's raw IDX layout."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import struct
@@ -102,3 +103,16 @@ def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: floa
 
     full_env = {**os.environ, "MPLBACKEND": "Agg", **(env or {})}
     return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@contextlib.contextmanager
+def step_fault(spec: str):
+    """``VAE_TEST_FAULT_AT_STEP=spec`` for training run in this process, installed as a command's entry installs it."""
+    from vae.run.faults import FAULT_AT_STEP_ENV, installed
+
+    os.environ[FAULT_AT_STEP_ENV] = spec
+    try:
+        with installed():
+            yield
+    finally:
+        del os.environ[FAULT_AT_STEP_ENV]

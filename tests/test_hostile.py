@@ -225,13 +225,13 @@ def test_data_folders_come_from_the_flag_then_the_environment_then_the_checkpoin
 
 
 def test_resuming_with_another_process_count_names_the_process_count(good, tmp_path):
-    from vae.run.state import resume_config
+    from vae.run.folder import RunFolder
 
     craft(good, tmp_path / "runs" / "r" / "last.pt", _set("world_size", 2))
     config = dataclasses.replace(load_config(good), out_dir=str(tmp_path / "runs"), run_name="r", resume=True,
                                  batch_size=15)
     with pytest.raises(ValueError, match="trained by 2 processes; continued by 3 processes"):
-        resume_config(config, {"resume", "out_dir", "run_name", "batch_size"}, world_size=3)
+        RunFolder(config).resume_config({"resume", "out_dir", "run_name", "batch_size"}, world_size=3)
 
 
 def load_config(path: Path):
@@ -242,7 +242,7 @@ def load_config(path: Path):
 
 def test_the_step_memory_counts_the_full_posterior_and_names_the_latent_dim_that_fits():
     from vae.config import TrainConfig
-    from vae.devices import step_memory_bytes
+    from vae.step import step_memory_bytes
 
     full, diagonal = TrainConfig(latent_dim=3000), TrainConfig(latent_dim=3000, posterior="diagonal")
     assert step_memory_bytes(full) > 16 * 400 * 3000 * 3001 // 2  # the scale head, its gradient and Adam's state

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, step_fault
 from tests.test_training import read_metrics, tiny_config
 from vae.run.checkpoint import load_checkpoint
 from vae.config import PRESETS, TrainConfig, preset_config
@@ -19,8 +19,7 @@ from vae.model import VAE
 from vae.model.objectives import log_weights, negative_elbo, training_loss
 from vae.schedules import BURDA_EPOCHS, kl_weight, learning_rate
 from vae.run.signals import TrainingInterrupted
-from vae.run.state import resume_config
-import vae.training
+from vae.run.folder import RunFolder
 from vae.training import make_optimizer, train
 
 quiet = lambda *_: None  # noqa: E731
@@ -112,23 +111,20 @@ def test_resume_is_exact_through_warm_up_and_schedule(fake_mnist, tmp_path, monk
                   estimator="dreg")
     straight = train(tiny_config(fake_mnist, tmp_path / "a", **recipe), log=quiet)
     found = signal.getsignal(signal.SIGINT)
-    monkeypatch.setenv("VAE_TEST_FAULT_AT_STEP", f"{stop_after}=SIGINT")
-    with pytest.raises(TrainingInterrupted):
+    with step_fault(f"{stop_after}=SIGINT"), pytest.raises(TrainingInterrupted):
         train(tiny_config(fake_mnist, tmp_path / "b", **recipe), log=quiet)
-    monkeypatch.delenv("VAE_TEST_FAULT_AT_STEP")
     assert signal.getsignal(signal.SIGINT) is found  # training restores the handler it found
-    config, state = resume_config(tiny_config(fake_mnist, tmp_path / "b", resume=True), {"resume"})
-    resumed = train(config, log=quiet, resume_state=state)
+    resumed = train(tiny_config(fake_mnist, tmp_path / "b", resume=True), log=quiet, explicit={"resume"})
     assert_same_run(straight, resumed)
 
 
 def test_resume_refuses_to_rescale_a_schedule(fake_mnist, tmp_path):
     train(tiny_config(fake_mnist, tmp_path, epochs=1, lr_schedule="burda"), log=quiet)
     with pytest.raises(ValueError, match="burda learning-rate schedule, scaled to its 1 epochs"):
-        resume_config(tiny_config(fake_mnist, tmp_path, resume=True, epochs=2), {"resume", "epochs"})
+        RunFolder(tiny_config(fake_mnist, tmp_path, resume=True, epochs=2)).resume_config({"resume", "epochs"})
     train(tiny_config(fake_mnist, tmp_path, epochs=1, run_name="flat"), log=quiet)
-    assert resume_config(tiny_config(fake_mnist, tmp_path, resume=True, epochs=2, run_name="flat"),
-                         {"resume", "epochs"})[0].epochs == 2  # a constant rate may be extended
+    flat = RunFolder(tiny_config(fake_mnist, tmp_path, resume=True, epochs=2, run_name="flat"))
+    assert flat.resume_config({"resume", "epochs"}).epochs == 2  # a constant rate may be extended
 
 
 def test_output_bias_starts_at_the_logit_of_the_mean_pixel(fake_mnist, tmp_path):
@@ -201,8 +197,8 @@ def test_the_iwae_preset_reproduces_the_shipped_iwae_run():
 def test_eval_every_tests_and_saves_every_nth_epoch_and_the_last_and_trains_alike(fake_mnist, tmp_path, monkeypatch):
     every_epoch = train(tiny_config(fake_mnist, tmp_path / "a", epochs=5), log=quiet)
     writes = []
-    real_save = vae.training._Run.save
-    monkeypatch.setattr(vae.training._Run, "save", lambda run, path: (writes.append(path.name), real_save(run, path)))
+    real_save = RunFolder.save
+    monkeypatch.setattr(RunFolder, "save", lambda folder, name, state: (writes.append(name), real_save(folder, name, state)))
     sparse = train(tiny_config(fake_mnist, tmp_path / "b", epochs=5, eval_every=2), log=quiet)
     assert writes.count("last.pt") == 3  # epochs 2, 4 and the last
     rows, dense = read_metrics(sparse), read_metrics(every_epoch)
@@ -220,13 +216,10 @@ def test_eval_every_tests_and_saves_every_nth_epoch_and_the_last_and_trains_alik
 def test_a_stop_between_tested_epochs_saves_and_resumes_exactly(fake_mnist, tmp_path, monkeypatch, stop_after):
     recipe = dict(epochs=4, eval_every=3, kl_warmup=1)
     straight = train(tiny_config(fake_mnist, tmp_path / "a", **recipe), log=quiet)
-    monkeypatch.setenv("VAE_TEST_FAULT_AT_STEP", f"{stop_after}=SIGINT")  # 6 steps an epoch
-    with pytest.raises(TrainingInterrupted):
+    with step_fault(f"{stop_after}=SIGINT"), pytest.raises(TrainingInterrupted):  # 6 steps an epoch
         train(tiny_config(fake_mnist, tmp_path / "b", **recipe), log=quiet)
-    monkeypatch.delenv("VAE_TEST_FAULT_AT_STEP")
     assert load_checkpoint(tmp_path / "b" / "tiny" / "last.pt")["step"] == stop_after  # nothing lost
-    config, state = resume_config(tiny_config(fake_mnist, tmp_path / "b", resume=True, **recipe), {"resume"})
-    resumed = train(config, log=quiet, resume_state=state)
+    resumed = train(tiny_config(fake_mnist, tmp_path / "b", resume=True, **recipe), log=quiet, explicit={"resume"})
     assert_same_run(straight, resumed)
 
 
@@ -234,6 +227,6 @@ def test_eval_every_must_be_positive_and_may_change_on_resume(fake_mnist, tmp_pa
     with pytest.raises(ValueError, match="eval_every.*positive"):
         train(tiny_config(fake_mnist, tmp_path, eval_every=0), log=quiet)
     train(tiny_config(fake_mnist, tmp_path, epochs=1), log=quiet)
-    config, _ = resume_config(tiny_config(fake_mnist, tmp_path, resume=True, epochs=2, eval_every=5),
-                              {"resume", "epochs", "eval_every"})
+    config = RunFolder(tiny_config(fake_mnist, tmp_path, resume=True, epochs=2, eval_every=5)).resume_config(
+        {"resume", "epochs", "eval_every"})
     assert config.eval_every == 5

@@ -28,14 +28,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import vae
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, step_fault
 from vae.run.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from vae.cholesky import DIAG_FLOOR, logdet_covariance
 from vae.config import TrainConfig
 from vae.model import VAE
 from vae.epoch import NonFiniteLossError
 from vae.run.signals import TrainingInterrupted
-from vae.run.state import resume_config
 from vae.training import train
 
 TIMING_COLUMNS = {"images_per_s", "train_seconds"}
@@ -283,15 +282,13 @@ def test_sigint_during_a_checkpoint_write_finishes_it_and_resumes_exactly(data, 
 def test_a_stop_anywhere_resumes_to_the_same_weights_in_process(data, tmp_path, monkeypatch, stop_after):
     straight = train(tiny_config(data, tmp_path / "a"), log=quiet)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    monkeypatch.setenv("VAE_TEST_FAULT_AT_STEP", f"{stop_after}=SIGINT")
-    with pytest.raises(TrainingInterrupted) as stopped:
-        train(tiny_config(data, tmp_path / "b"), log=quiet)
-    assert stopped.value.exit_code == 130
-    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers  # handlers restored
-    monkeypatch.delenv("VAE_TEST_FAULT_AT_STEP")
+    with step_fault(f"{stop_after}=SIGINT"):
+        with pytest.raises(TrainingInterrupted) as stopped:
+            train(tiny_config(data, tmp_path / "b"), log=quiet)
+        assert stopped.value.exit_code == 130
+        assert {sig: signal.getsignal(sig) for sig in handlers} == handlers  # handlers restored
     assert load_checkpoint(tmp_path / "b" / "tiny" / "last.pt")["step"] == stop_after
-    config, state = resume_config(tiny_config(data, tmp_path / "b", resume=True), {"resume"})
-    train(config, log=quiet, resume_state=state)
+    train(tiny_config(data, tmp_path / "b", resume=True), log=quiet, explicit={"resume"})
     assert_same_weights(straight / "last.pt", tmp_path / "b" / "tiny" / "last.pt")
     assert without_timing(read_metrics(straight)) == without_timing(read_metrics(tmp_path / "b" / "tiny"))
     assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
@@ -387,11 +384,9 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(reference, 
     assert not temporaries(run_dir)
 
 
-def test_inf_and_real_divergence_stop_before_any_save(data, tmp_path, monkeypatch):
-    monkeypatch.setenv("VAE_TEST_FAULT_AT_STEP", "4=inf")
-    with pytest.raises(NonFiniteLossError, match="epoch 1, step 4"):
+def test_inf_and_real_divergence_stop_before_any_save(data, tmp_path):
+    with step_fault("4=inf"), pytest.raises(NonFiniteLossError, match="epoch 1, step 4"):
         train(tiny_config(data, tmp_path, run_name="inf"), log=quiet)
-    monkeypatch.delenv("VAE_TEST_FAULT_AT_STEP")
     with pytest.raises(NonFiniteLossError, match=r"epoch 1, step \d+"):
         train(tiny_config(data, tmp_path, run_name="lr", lr=1e10), log=quiet)  # Adam steps of ~1e10
     assert not list(tmp_path.glob("*/*.pt"))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, step_fault
 from tests.test_reliability import (
     TIMEOUT, Trainer, assert_one_line_error, quiet, run_many, temporaries, tiny_config, train_args,
 )
@@ -111,7 +111,7 @@ def stored_config(run_dir: Path) -> dict:
 
 def test_resume_never_cuts_a_run_short_and_may_name_the_device_it_ran_on(data, tmp_path):
     from vae.config import TrainConfig
-    from vae.run.state import resume_config
+    from vae.run.folder import RunFolder
 
     done = train(tiny_config(data, tmp_path, run_name="done"), log=quiet)  # 3 epochs
     auto = train(tiny_config(data, tmp_path, run_name="auto", device="auto", epochs=1), log=quiet)  # auto: the CPU here
@@ -130,17 +130,16 @@ def test_resume_never_cuts_a_run_short_and_may_name_the_device_it_ran_on(data, t
     with pytest.raises(ValueError, match="already has 3 epochs"):  # the library refuses it too
         train(TrainConfig(**{**stored_config(done), "epochs": 2, "resume": True}), log=quiet)
     with pytest.raises(ValueError, match="already has 3 epochs"):
-        resume_config(tiny_config(data, tmp_path, run_name="done", resume=True, epochs=1), {"resume", "epochs"})
+        RunFolder(tiny_config(data, tmp_path, run_name="done", resume=True, epochs=1)).resume_config(
+            {"resume", "epochs"})
 
 
-def test_resume_refuses_a_stop_in_mid_epoch_cut_short_and_another_device(data, tmp_path, monkeypatch):
+def test_resume_refuses_a_stop_in_mid_epoch_cut_short_and_another_device(data, tmp_path):
     from vae.run.checkpoint import save_checkpoint
     from vae.run.signals import TrainingInterrupted
 
-    monkeypatch.setenv("VAE_TEST_FAULT_AT_STEP", "8=SIGINT")  # batch 2 of epoch 2 (6 steps an epoch)
-    with pytest.raises(TrainingInterrupted):
+    with step_fault("8=SIGINT"), pytest.raises(TrainingInterrupted):  # batch 2 of epoch 2 (6 steps an epoch)
         train(tiny_config(data, tmp_path, run_name="r"), log=quiet)
-    monkeypatch.delenv("VAE_TEST_FAULT_AT_STEP")
     with pytest.raises(ValueError, match="already has 1 epoch and part of epoch 2; .* epochs 2 or more"):
         train(tiny_config(data, tmp_path, run_name="r", resume=True, epochs=1), log=quiet)
     last = tmp_path / "r" / "last.pt"

@@ -14,7 +14,7 @@ from vae.run.checkpoint import load_checkpoint
 from vae.config import TrainConfig
 from vae.data import DataError, load_split
 from vae.run.folder import METRIC_COLUMNS
-from vae.run.state import resume_config
+from vae.run.folder import RunFolder
 from vae.training import train
 
 TIMING_COLUMNS = {"images_per_s", "train_seconds"}
@@ -61,7 +61,8 @@ def test_resume_ends_exactly_where_an_uninterrupted_run_does(fake_mnist, tmp_pat
     kwargs = dict(objective=objective, k=k, epochs=3)
     straight = train(tiny_config(fake_mnist, tmp_path / "a", **kwargs), log=quiet)
     first = train(tiny_config(fake_mnist, tmp_path / "b", **{**kwargs, "epochs": 1}), log=quiet)
-    resumed_config, _ = resume_config(tiny_config(fake_mnist, tmp_path / "b", resume=True, epochs=3), {"epochs", "resume"})
+    resumed_config = RunFolder(tiny_config(fake_mnist, tmp_path / "b", resume=True, epochs=3)).resume_config(
+        {"epochs", "resume"})
     assert resumed_config.epochs == 3 and resumed_config.objective == objective
     resumed = train(resumed_config, log=quiet)
     assert resumed == first
@@ -115,7 +116,8 @@ def test_init_from_starts_a_fine_tune_at_a_checkpoint_s_weights(fake_mnist, tmp_
 def test_resume_refuses_a_flag_that_changes_the_model(fake_mnist, tmp_path):
     train(tiny_config(fake_mnist, tmp_path), log=lambda *_: None)
     with pytest.raises(ValueError, match="was trained with latent_dim 3"):
-        resume_config(tiny_config(fake_mnist, tmp_path, resume=True, latent_dim=4), {"latent_dim", "resume"})
+        RunFolder(tiny_config(fake_mnist, tmp_path, resume=True, latent_dim=4)).resume_config(
+            {"latent_dim", "resume"})
 
 
 def test_missing_data_is_one_clear_message(tmp_path):
@@ -200,7 +202,7 @@ def assert_names_the_largest_that_fits(config: TrainConfig, field: str, total: i
     """``config``'s step is refused in one line (``match``) naming the largest ``field`` that fits ``total``."""
     import re
 
-    from vae.devices import check_step_memory
+    from vae.step import check_step_memory
 
     cpu = torch.device("cpu")
     with pytest.raises(ValueError, match=match) as refused:
@@ -213,7 +215,7 @@ def assert_names_the_largest_that_fits(config: TrainConfig, field: str, total: i
 
 
 def test_the_memory_limit_is_a_quarter_of_the_device_and_names_the_batch_that_fits():
-    from vae.devices import STEP_MEMORY_FRACTION, check_step_memory, step_memory_bytes
+    from vae.step import STEP_MEMORY_FRACTION, check_step_memory, step_memory_bytes
 
     cpu, gib = torch.device("cpu"), 2**30
     issue = TrainConfig(objective="iwae", k=5000)  # batch 128, hidden 400: the issue measured 7.8 GB

@@ -11,6 +11,7 @@ import this module.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import typing
@@ -18,7 +19,7 @@ import typing
 from vae.errors import ArgumentError, FullcovError, UsageError, as_flags, first_line
 from vae.streams import say
 
-__all__ = ["command_name", "ArgumentParser", "require_positive"]
+__all__ = ["command_name", "ArgumentParser", "require_positive", "test_hooks"]
 
 
 def command_name(module: str) -> str:
@@ -78,3 +79,13 @@ def require_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, 
         values = value if isinstance(value, (list, tuple)) else [value]
         if any(v is not None and v < 1 for v in values):
             parser.error(ArgumentError(name, f"must be positive, got {value}"))
+
+
+def test_hooks() -> typing.ContextManager:
+    """At a command's entry: the reliability tests' fault hooks (:mod:`vae.run.faults`) if a ``VAE_TEST_*``
+    variable asks for one, else nothing (and the fault module is not even imported)."""
+    if not any(name.startswith("VAE_TEST_") and value.strip() for name, value in os.environ.items()):
+        return contextlib.nullcontext()
+    from vae.run.faults import installed
+
+    return installed()

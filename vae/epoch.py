@@ -23,7 +23,6 @@ from vae.model import VAE
 from vae.model.objectives import negative_elbo
 from vae.run.agreement import StopVote
 from vae.run.distributed import Ranks, current
-from vae.run.faults import step_fault
 from vae.run.signals import GracefulStop
 from vae.run.state import EpochResult, PartialEpoch
 from vae.schedules import kl_weight, learning_rate
@@ -34,6 +33,9 @@ __all__ = ["NonFiniteLossError", "EVAL_NOISE_SEED", "PROGRESS_EVERY", "NOT_TESTE
 
 EVAL_NOISE_SEED = 0  # the per-epoch test bound uses the same posterior noise every epoch
 PROGRESS_EVERY = 50  # steps between host syncs for the progress bar and the finiteness check
+TEST_HOOK = None
+"""A :class:`vae.run.faults.StepFault`, set only by :func:`vae.run.faults.installed` at a command's entry when
+``VAE_TEST_FAULT_AT_STEP`` asks for one; None otherwise, and no step consults anything else."""
 
 
 class NonFiniteLossError(FullcovError):
@@ -88,7 +90,7 @@ def train_epoch(
     Raises:
         NonFiniteLossError: a step's loss was NaN or Inf.
     """
-    fault = step_fault()  # a no-op unless a reliability test asks for a fault (vae.run.faults)
+    fault = TEST_HOOK  # None unless a reliability test asked for a fault (vae.run.faults)
     ranks = current() if ranks is None else ranks
     vote = StopVote(ranks, stop)  # under torchrun: the ranks agree on a stop after every step
     noise_gen = data_gen if noise_gen is None else noise_gen
@@ -118,13 +120,14 @@ def train_epoch(
             train_step.learning_rate = learning_rate(config.lr_schedule, config.lr, step + i, total_steps)
         with autocast(device, config.amp):
             loss, stats = train_step.loss(images, noise_gen, beta, rows.numel())
-        faulty = fault.loss(step + i + 1, loss)
-        if faulty is not loss:  # a reliability test's NaN or Inf: the sums see it as they would a real one
-            loss, stats[3] = faulty, faulty.detach()
+        if fault is not None and fault.hits(step + i + 1, "nan", "inf"):  # the sums see it as a real one
+            loss = loss + float(fault.action)
+            stats[3] = loss.detach()
         train_step.update(loss)  # DistributedDataParallel averages the gradients here
         window.append(stats)  # kept on the device: no host sync inside the step
         seen, done = seen + rows.numel(), i + 1
-        fault.after_step(step + done, stop)
+        if fault is not None:
+            fault.after_step(step + done, stop)
         stopping = vote.after_step() and done < len(batches)
         if done % PROGRESS_EVERY == 0 or done == len(batches) or stopping:
             # (W, 4): the bound at beta = 1, recon, KL, the surrogate; summed over the ranks

@@ -27,20 +27,29 @@ compiled CUDA step marks its beginning
 (``torch.compiler.cudagraph_mark_step_begin``), so its forward, backward and
 update graphs are one generation of CUDA-graph memory: none frees what a later
 one of the same step still reads.
+
+Before any data is loaded, :func:`check_step_memory` refuses a ``--k`` and
+``--batch-size`` whose step would need more than :data:`STEP_MEMORY_FRACTION`
+of the device's memory, from an estimate of what this step holds
+(:func:`step_memory_bytes`).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import torch
 
 from vae.config import TrainConfig
-from vae.data import binarize
-from vae.model import VAE
+from vae.data import IMAGE_PIXELS, binarize
+from vae.devices import device_memory
+from vae.errors import ArgumentError
+from vae.model import FAMILIES, VAE
 from vae.model.objectives import training_loss
 from vae.run.distributed import Ranks, current
 
-__all__ = ["TrainStep", "compile_options", "binarizes_from_global"]
+__all__ = ["TrainStep", "compile_options", "binarizes_from_global", "STEP_MEMORY_FRACTION", "step_memory_bytes",
+           "check_step_memory"]
 
 
 def binarizes_from_global(device: torch.device, binarization: str) -> bool:
@@ -148,3 +157,88 @@ class TrainStep:
 
     def _update_eager(self):
         self.optimizer.step()
+
+
+# ---------------------------------------------------------------- how much memory one step takes
+
+STEP_MEMORY_FRACTION = 0.25
+"""One training step may need at most this share of the device's memory (the GPU's for CUDA, else the RAM)."""
+
+
+def _step_memory_parts(config) -> tuple[int, int]:
+    """``(fixed, per_image)`` bytes of one training step: ``fixed + batch_size * per_image`` is the estimate.
+
+    Fixed: the parameters, their gradients and Adam's two moments, 4 float32 copies of every weight,
+    the scale head's ``hidden[-1] x head`` included (head: D(D+1)/2 raw entries for the full family,
+    D for the diagonal, D(R+1) for the low-rank). Per image: the encoder's activations and their
+    gradients, the raw head, and 4 copies of the family's factor (the full family's (D, D) L, its
+    gradient and the triangular solves' temporaries); and per draw (``k`` of them) float32 logits,
+    their loss terms and gradients (3 x 784 values) and the decoder's activations and gradients
+    (2 x the hidden widths): measured peaks on the CPU were 2,374 to 3,449 floats per draw for hidden
+    16 to 500-500, against 2,390 to 4,544 here. The test set is not counted.
+    """
+    dim, hidden, rank = config.latent_dim, tuple(config.hidden), config.rank
+    family = FAMILIES[config.posterior]  # each family sizes its own raw head and factor
+    head, factor = family.head_size(dim, rank), family.factor_size(dim, rank)
+    encoder = (IMAGE_PIXELS, *hidden)
+    decoder = (dim, *reversed(hidden), IMAGE_PIXELS)
+    params = sum((a + 1) * b for a, b in zip(encoder, encoder[1:])) + (hidden[-1] + 1) * (dim + head)
+    params += sum((a + 1) * b for a, b in zip(decoder, decoder[1:]))
+    per_draw = 3 * IMAGE_PIXELS + 2 * sum(hidden) + 3 * dim
+    per_image = 2 * (2 * sum(hidden) + dim + head) + 4 * factor + config.k * per_draw
+    return 4 * 4 * params, 4 * per_image
+
+
+def step_memory_bytes(config) -> int:
+    """Estimated peak memory of one training step of ``config`` (a :class:`vae.config.TrainConfig`), in bytes.
+
+    Parameters, gradients and Adam's state, and the activations of each posterior family (see
+    :func:`_step_memory_parts`).
+    """
+    fixed, per_image = _step_memory_parts(config)
+    return fixed + config.batch_size * per_image
+
+
+def check_step_memory(config, device: torch.device, total: Optional[int] = None) -> None:
+    """Refuse a step that needs more than :data:`STEP_MEMORY_FRACTION` of ``total`` (default: the device's memory).
+
+    Raises:
+        ValueError: one line with the estimate, the limit, and the largest ``--batch-size`` that fits,
+            or, where the weights alone are too many, the largest ``--latent-dim``.
+    """
+    total = device_memory(device) if total is None else total
+    need, limit = step_memory_bytes(config), STEP_MEMORY_FRACTION * (total or 0)
+    if total is None or need <= limit:
+        return
+    fixed, per_image = _step_memory_parts(config)
+    fits = int((limit - fixed) // per_image) if fixed < limit else 0  # the largest batch size within the limit
+    gib = 2.0**30
+    over = f"over {STEP_MEMORY_FRACTION:.0%} of the {total / gib:.1f} GiB of {device.type} memory"
+    if fixed < limit:  # the weights fit: fewer images (or draws) per step do
+        hint = f"lower `batch_size` to {fits} or `k`" if fits >= 1 else "lower `k`"
+        raise ArgumentError(
+            "k", f"{config.k} with `batch_size` {config.batch_size}: one training step needs about "
+            f"{need / gib:.1f} GiB ({config.batch_size} x {config.k} draws of logits, their gradients and the "
+            f"decoder's activations, {fixed / gib:.1f} GiB of weights, gradients and Adam state), {over}; {hint}"
+        )
+    dims = _largest_latent_dim(config, limit)
+    hint = f"lower `latent_dim` to {dims}" if dims >= 1 else "lower `hidden`"
+    raise ArgumentError(
+        "latent_dim", f"{config.latent_dim} with the {config.posterior} posterior and `hidden` "
+        f"{' '.join(map(str, config.hidden))}: one training step needs about {need / gib:.1f} GiB "
+        f"({fixed / gib:.1f} GiB of weights, gradients and Adam state; the rest the batch's factors and "
+        f"activations), {over}; {hint}"
+    )
+
+
+def _largest_latent_dim(config, limit: float) -> int:
+    """The largest ``latent_dim`` up to ``config``'s whose step fits in ``limit`` bytes (0: none)."""
+    low, high = 0, config.latent_dim  # fits(low) (or low is 0), the answer is at most high
+    while low < high:
+        mid = (low + high + 1) // 2
+        rank = min(config.rank, mid)
+        if step_memory_bytes(dataclasses.replace(config, latent_dim=mid, rank=rank)) <= limit:
+            low = mid
+        else:
+            high = mid - 1
+    return low

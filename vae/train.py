@@ -21,12 +21,13 @@ import shlex
 import sys
 from typing import Optional
 
-from vae.cli import ArgumentParser, command_name
-from vae.errors import as_flags
-from vae.streams import say, silence
+from vae.cli import ArgumentParser, command_name, test_hooks
 from vae.config import TrainConfig, add_config_args, preset_config
+from vae.errors import FullcovError, as_flags
 from vae.run.distributed import from_env
-from vae.run.lock import RunFolderBusy, holding, lock_run_folder
+from vae.run.files import WriteError
+from vae.run.lock import holding
+from vae.streams import say, silence
 
 __all__ = ["build_parser", "resume_command", "main"]
 
@@ -73,88 +74,57 @@ def _main(argv: Optional[list[str]], prog: Optional[str]) -> int:
     parser.quiet = not ranks.is_main  # rank 0 answers for all (every rank parses the same flags)
     parser.parse_args(argv)  # --help, and usage errors, with the defaults shown
     explicit = vars(build_parser(suppress_defaults=True).parse_args(argv))  # the flags given
-    try:  # before importing torch: a bad flag or output folder is answered at once
+    try:  # where the config enters, before importing torch: a bad flag or output folder is answered at once
         config = preset_config(explicit)
         config.validate()
         if ranks.is_main:  # the run folder is rank 0's alone
             config.check_run_dir()
-    except ValueError as err:
-        parser.error(err)  # one line, exit code 2
+    except FullcovError as err:
+        return parser.report(err)  # one line, exit code 2
 
     from vae.run.distributed import DistributedError, process_group
 
-    with holding():  # the run folder's lock lasts until the pictures are written too
+    with holding(), test_hooks():  # the run folder's lock lasts until the pictures are written too
         try:
             with process_group(ranks, config.dist_timeout) as ranks:
                 try:
-                    code = _resume_train_and_draw(parser, config, explicit, ranks)
+                    code = _train_and_draw(parser, config, set(explicit), ranks)
                 except DistributedError as err:  # caught here, so that nothing of the run outlives the group
-                    return parser.fail(err, own=True)
+                    return parser.report(err, own=True)
                 if code:
                     ranks.outlive_main()  # rank 0 reports the failure, or saves after a stop: let it finish
                 return code
         except DistributedError as err:  # could not join: every rank that has this news says so
-            return parser.fail(err, own=True)
+            return parser.report(err, own=True)
 
 
-def _resume_train_and_draw(parser: ArgumentParser, config: TrainConfig, explicit: dict, ranks) -> int:
-    """Rank 0 locks the run folder and reads its ``last.pt`` (``--resume``), every rank gets it; then train."""
-    from vae.devices import resolve_device
-    from vae.run.checkpoint import CheckpointError
-    from vae.run.agreement import Agreement
-    from vae.run.distributed import PeerFailed
-    from vae.run.state import resume_config
+def _train_and_draw(parser: ArgumentParser, config: TrainConfig, explicit: set[str], ranks) -> int:
+    """Train (or resume) the run, then draw its pictures (rank 0); return the exit code.
 
-    state = None
-    try:
-        with Agreement(ranks):
-            if ranks.is_main and config.resume and config.check_run_dir().is_dir():
-                lock_run_folder(config.check_run_dir())  # lock it before reading its last.pt, once
-            if ranks.is_main and config.resume:
-                config, state = resume_config(config, set(explicit), ranks.world_size)
-            config.validate()
-            resolve_device(config.device)
-    except (ValueError, RunFolderBusy) as err:
-        return _usage_error(parser, err)
-    except CheckpointError as err:
-        return parser.fail(err)
-    except PeerFailed:  # rank 0 said why
-        return 1
-    if config.resume:
-        config, state = ranks.broadcast((config, state))  # what rank 0 read, for every rank
-    return _train_and_draw(parser, config, state, ranks)
-
-
-def _train_and_draw(parser: ArgumentParser, config: TrainConfig, state: Optional[dict], ranks) -> int:
-    """Run ``train(config)`` (resuming from ``state``, ``last.pt`` already read), then draw the pictures (rank 0).
-
-    ``ranks``: the :class:`vae.run.distributed.Ranks` this process is one of.
+    ``explicit``: the flags given, which a resume applies to the stored run; ``ranks``: the
+    :class:`vae.run.distributed.Ranks` this process is one of.
     """
-    from vae.data import DataError
-    from vae.run.checkpoint import CheckpointError
-    from vae.run.distributed import PeerFailed
-    from vae.run.files import WriteError
-    from vae.epoch import NonFiniteLossError
+    from vae.run.distributed import DistributedError, PeerFailed
     from vae.run.signals import TrainingInterrupted
-    from vae.training import train
+    from vae.training import run_training
 
     try:
-        run_dir = train(config, log=lambda line: say(as_flags(line)), resume_state=state)
-    except (ValueError, DataError, RunFolderBusy) as err:  # a bad flag or output folder, missing data, a busy folder
-        return _usage_error(parser, err)
-    except (CheckpointError, NonFiniteLossError) as err:
-        return parser.fail(err)
+        run_dir = run_training(config, log=lambda line: say(as_flags(line)), explicit=explicit)
+    except DistributedError:  # reported by the caller, outside the process group
+        raise
     except PeerFailed:  # another rank failed to start, and said why
         return 1
-    except WriteError as err:  # a full disk, say: each write is atomic, so every file there is whole
-        return parser.fail(f"{err}; the files already in the run folder are intact")
-    except OSError as err:
-        return parser.fail(f"cannot write the run: {err}")
     except TrainingInterrupted as err:
         if ranks.is_main:
             command = resume_command(parser.prog, config.out_dir, err.run_dir.name, ranks.launcher())
             say(f"{parser.prog}: {err}; resume with: {command}", file=sys.stderr)
         return err.exit_code
+    except WriteError as err:  # a full disk, say: each write is atomic, so every file there is whole
+        return parser.fail(f"{err}; the files already in the run folder are intact")
+    except FullcovError as err:  # a bad flag, output folder or dataset, a busy folder; a broken checkpoint, a NaN
+        return parser.report(err)
+    except OSError as err:
+        return parser.fail(f"cannot write the run: {err}")
     except KeyboardInterrupt:  # Ctrl-C before training began: nothing to save
         if ranks.is_main:
             say(f"{parser.prog}: interrupted before training began; nothing was saved", file=sys.stderr)
@@ -167,7 +137,7 @@ def _train_and_draw(parser: ArgumentParser, config: TrainConfig, state: Optional
 
             for path in write_run_pictures(run_dir / "best.pt", run_dir, data_dir=config.data_dir):
                 say(f"wrote {path}")
-        except (DataError, CheckpointError, OSError) as err:  # the run itself is saved
+        except (FullcovError, OSError) as err:  # the run itself is saved
             return parser.fail(f"training finished, but the pictures could not be written: {err}")
         except KeyboardInterrupt:  # the run is saved; only the pictures are missing
             say(f"{parser.prog}: interrupted while drawing the pictures; training finished and {run_dir} is saved; "
@@ -175,14 +145,6 @@ def _train_and_draw(parser: ArgumentParser, config: TrainConfig, state: Optional
             return 130
     say(f"run folder: {run_dir}")
     return 0
-
-
-def _usage_error(parser: ArgumentParser, err: Exception) -> int:
-    """``parser.error(err)`` (one line, on rank 0), returning its exit code 2 instead of exiting."""
-    try:
-        parser.error(err)
-    except SystemExit as exit_:
-        return exit_.code
 
 
 def _flush_stdout() -> None:

@@ -14,29 +14,26 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 
 from vae.errors import ArgumentError
 from vae.config import TrainConfig
 from vae.data import ImageSplit, evaluation_images, load_split
-from vae.devices import check_amp, check_step_memory, resolve_device, set_threads
+from vae.devices import check_amp, resolve_device, set_threads
 from vae.epoch import epoch_row, evaluate, train_epoch
 from vae.model import VAE
-from vae.run.checkpoint import (
-    CheckpointError, build_model, load_checkpoint, load_initial_weights, load_weights, save_checkpoint,
-)
-from vae.run.files import remove_stale_temporaries
-from vae.run.lock import holding, lock_run_folder
 from vae.run.agreement import Agreement, StopVote
+from vae.run.checkpoint import build_model, load_initial_weights, load_weights
 from vae.run.distributed import Ranks, current, rank_seed
+from vae.run.folder import RunFolder
+from vae.run.lock import holding
 from vae.run.signals import GracefulStop, TrainingInterrupted
-from vae.run.folder import repair_run_folder, write_config, write_metrics
-from vae.run.state import RunProgress, check_resume, checked_last, checkpoint_state, restore_run, rng_state
-from vae.step import TrainStep
+from vae.run.state import RunProgress, checkpoint_state, rng_state
+from vae.step import TrainStep, check_step_memory
 
-__all__ = ["DATA_SEED_OFFSET", "make_optimizer", "make_generators", "init_output_bias", "check_batch_split", "train"]
+__all__ = ["DATA_SEED_OFFSET", "make_optimizer", "make_generators", "init_output_bias", "check_batch_split", "train", "run_training"]
 
 DATA_SEED_OFFSET = 0x5EED  # the data generator's seed is the run's seed plus this
 PIXEL_MEAN_CLAMP = 1e-3  # the output bias's mean intensities are clamped to [c, 1 - c]: finite logits
@@ -65,19 +62,18 @@ def init_output_bias(model: VAE, images: torch.Tensor) -> None:
     model.decoder.head.bias.copy_(torch.logit(mean).to(model.decoder.head.bias))
 
 
-def train(config: TrainConfig, log=print, resume_state: Optional[dict[str, Any]] = None) -> Path:
-    """Train (or resume) the run ``config`` describes and return its folder.
+def train(config: TrainConfig, log=print, explicit: Optional[Iterable[str]] = None) -> Path:
+    """Train (or resume) the run ``config`` describes and return its folder: the library's entry.
 
-    The run folder is locked (:mod:`vae.run.lock`) from before the first write
-    until this returns, or until the end of an enclosing ``vae.run.lock.holding()``.
+    ``config`` is validated here, where it enters; then :func:`run_training`.
 
     Args:
         config: the run; log: where progress lines go.
-        resume_state: ``last.pt`` as :func:`vae.run.state.resume_config` read it, under
-            this process's lock on the run folder (read here when None).
+        explicit: with ``config.resume``, the fields given now, which may override the stored run's
+            (:meth:`vae.run.folder.RunFolder.resume_config`); None: every field of ``config``.
 
     Raises:
-        ValueError: an impossible configuration, an output folder that cannot be
+        vae.errors.ArgumentError: an impossible configuration, an output folder that cannot be
             written, or a run folder that resume cannot use.
         vae.run.lock.RunFolderBusy: another process is training in the run folder.
         vae.data.DataError: the dataset cannot be loaded.
@@ -85,12 +81,23 @@ def train(config: TrainConfig, log=print, resume_state: Optional[dict[str, Any]]
         NonFiniteLossError: the loss diverged; nothing was saved for that epoch.
         TrainingInterrupted: SIGINT or SIGTERM; ``last.pt`` holds the state after the last step.
     """
+    config.validate()
+    return run_training(config, log, explicit)
+
+
+def run_training(config: TrainConfig, log=print, explicit: Optional[Iterable[str]] = None) -> Path:
+    """:func:`train` for a ``config`` already validated where it entered (the command line).
+
+    The run folder is locked (:mod:`vae.run.lock`) from before the first read or write until this
+    returns, or until the end of an enclosing ``vae.run.lock.holding()``.
+    """
     ranks = current()
     log = log if ranks.is_main else _quiet
     with holding():
-        run = _start(config, log, resume_state, ranks)
+        folder = _open(config, explicit, ranks)
+        run = _start(folder, log, ranks)
         _run_epochs(run, log)
-        return run.run_dir
+        return folder.path
 
 
 def _quiet(*_) -> None:
@@ -102,8 +109,8 @@ class _Run:
     """Everything one training run holds while it runs."""
 
     config: TrainConfig
+    folder: RunFolder
     device: torch.device
-    run_dir: Path
     model: VAE
     optimizer: torch.optim.Optimizer
     train_step: TrainStep  # eager or compiled; under torchrun it holds the DDP wrapper
@@ -114,69 +121,63 @@ class _Run:
     test_x: torch.Tensor
     progress: RunProgress
 
-    def save(self, path: Path) -> None:
-        """Write ``path`` (and, with ``last.pt``, ``config.json``: they agree, see vae.run.state) on rank 0.
+    def state(self) -> dict[str, Any]:
+        """The checkpoint of the run as it stands (on rank 0; None on the others).
 
         Every rank takes part: rank 0 gathers their RNG states.
         """
         rank_rng = self.ranks.gather(rng_state(self.device, self.data_gen, self.noise_gen))
-        if not self.ranks.is_main:
-            return
-        save_checkpoint(checkpoint_state(self.model, self.optimizer, self.config, self.progress, self.device,
-                                         self.data_gen, rank_rng), path)
-        if path.name == "last.pt":
-            write_config(self.run_dir, dataclasses.asdict(self.config))
-
-    def save_epoch(self, improved: bool) -> None:
-        """The end of an epoch on disk: ``last.pt``, ``best.pt`` if ``improved``, ``metrics.csv``, in this order."""
-        self.save(self.run_dir / "last.pt")  # the order a crash repair relies on (see vae.run.folder)
-        if improved:
-            self.save(self.run_dir / "best.pt")
-        if self.ranks.is_main:
-            write_metrics(self.run_dir / "metrics.csv", self.progress.metrics)
+        return checkpoint_state(self.model, self.optimizer, self.config, self.progress, self.device, self.data_gen,
+                                rank_rng) if self.ranks.is_main else None
 
 
-def _start(config: TrainConfig, log, resume_state: Optional[dict[str, Any]], ranks: Ranks) -> _Run:
-    """Check the run, load the data, build the model, and open (or resume) the run folder.
-
-    Under torchrun every rank checks and builds; rank 0 alone loads the data first (it may
-    download it), opens the run folder and reads ``last.pt``; each stage ends in an
-    :class:`~vae.run.agreement.Agreement`, so a failure on any rank stops them all.
-    """
+def _open(config: TrainConfig, explicit: Optional[Iterable[str]], ranks: Ranks) -> RunFolder:
+    """The run folder; for a resume, rank 0 locks it, reads ``last.pt`` once, and every rank gets the
+    resumed config and the state."""
     with Agreement(ranks):
-        config.validate()
+        folder = RunFolder(config, ranks.is_main)
+        if config.resume and ranks.is_main:
+            folder.resume_config(explicit, ranks.world_size)
+    if config.resume:  # the same on every rank
+        folder.config, folder.state = ranks.broadcast((folder.config, folder.state))
+    return folder
+
+
+def _start(folder: RunFolder, log, ranks: Ranks) -> _Run:
+    """Check the run's device and memory, load the data, build the model, then open or resume the folder.
+
+    Under torchrun rank 0 alone loads the data first (it may download it) and opens the run folder;
+    each stage ends in an :class:`~vae.run.agreement.Agreement`, so a failure on any rank stops them all.
+    """
+    config = folder.config
+    with Agreement(ranks):
         check_batch_split(config.batch_size, ranks.world_size)
         device = ranks.device(resolve_device(config.device))
         per_process = dataclasses.replace(config, batch_size=config.batch_size // ranks.world_size)
         check_step_memory(per_process if device.type == "cuda" else config, device)  # before the data
-        run_dir = config.check_run_dir()
-        last = checked_last(config, run_dir) if ranks.is_main else run_dir / "last.pt"
         precision = check_amp(device, config.amp)
         log(set_threads(config.threads))
         log(precision)
         initial = load_initial_weights(config) if config.init_from and not config.resume else None  # before the data
         data = _load_data(config, device) if ranks.is_main else None
-    read_here = config.resume and resume_state is None  # the same on every rank
     with Agreement(ranks):
         train_data, test_x = data or _load_data(config, device)
         model, data_gen, noise_gen = _build_model(config, train_data, initial, device, ranks)
         optimizer = make_optimizer(model, config, device)
-        if ranks.is_main:
-            _open_run_folder(config, run_dir)
-            if read_here:
-                resume_state = load_checkpoint(last)  # on the CPU: the RNG states must stay there
-    if read_here:  # rank 0 read it under its lock; a caller that read it did so on every rank
-        resume_state = ranks.broadcast(resume_state)
+        folder.open()
     progress = RunProgress()
-    with Agreement(ranks):
-        if config.resume:
-            progress = _resume(config, run_dir, last, resume_state, model, optimizer, device, data_gen, noise_gen,
-                               ranks, log, math.ceil(len(train_data) / config.batch_size))
-        elif ranks.is_main:  # a resumed run's config.json follows its last.pt, see _Run.save
-            write_config(run_dir, dataclasses.asdict(config))
+    if config.resume:
+        with Agreement(ranks):
+            progress = folder.restore(model, optimizer, device, data_gen, noise_gen, ranks.rank,
+                                      math.ceil(len(train_data) / config.batch_size))
+        at = progress.partial
+        log(f"resuming {folder.path} " + (f"in epoch {at.epoch} after batch {at.batch}" if at
+                                          else f"after epoch {progress.epoch}"))
+        if progress.epoch >= config.epochs and not at:
+            log(f"note: {folder.path} already has {progress.epoch} epochs; pass `epochs` above that to extend it")
     # after the resume: a compiled step keeps the learning rate in a tensor, a checkpoint holds a float
     train_step = TrainStep(model, optimizer, config, device, ranks, ranks.wrap(model))  # DDP under torchrun
-    return _Run(config, device, run_dir, model, optimizer, train_step, data_gen, noise_gen, ranks, train_data, test_x,
+    return _Run(config, folder, device, model, optimizer, train_step, data_gen, noise_gen, ranks, train_data, test_x,
                 progress)
 
 
@@ -230,41 +231,6 @@ def make_generators(config: TrainConfig, device: torch.device, ranks: Ranks) -> 
     return data_gen, torch.Generator(device=device).manual_seed(seed)
 
 
-def _open_run_folder(config: TrainConfig, run_dir: Path) -> None:
-    """Create and lock the run folder, then clear what a killed writer left there."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ArgumentError("out_dir", f"{config.out_dir}: cannot create the run folder {run_dir} "
-                                       f"({err.strerror})") from None
-    lock_run_folder(run_dir)  # one writer per run folder, until train() returns (vae.run.lock)
-    checked_last(config, run_dir)  # again, now under the lock: another writer may have saved a run meanwhile
-    remove_stale_temporaries(run_dir)  # left by a killed writer; the files they were to replace are intact
-
-
-def _resume(config: TrainConfig, run_dir: Path, last: Path, state: dict, model: VAE,
-            optimizer: torch.optim.Optimizer, device: torch.device, data_gen: torch.Generator,
-            noise_gen: torch.Generator, ranks: Ranks, log, n_batches: int) -> RunProgress:
-    """Restore ``last.pt`` into the run (this rank's RNG states), and repair the folder around it (rank 0).
-
-    ``n_batches``: batches in one epoch of this run, which an interrupted epoch's position must be below.
-    """
-    check_resume(config, state, last, device, ranks.world_size)  # never cut a run short, nor change where it runs
-    partial = state.get("partial")
-    if partial and partial["batch"] >= n_batches:
-        raise CheckpointError(f"{last}: field 'partial.batch' is {partial['batch']}, but an epoch of this run has "
-                              f"{n_batches} batches")
-    progress = restore_run(state, last, model, optimizer, device, data_gen, noise_gen, ranks.rank)
-    if ranks.is_main:
-        repair_run_folder(run_dir, state, progress)
-    at = progress.partial
-    log(f"resuming {run_dir} " + (f"in epoch {at.epoch} after batch {at.batch}" if at
-                                  else f"after epoch {progress.epoch}"))
-    if progress.epoch >= config.epochs and not at:
-        log(f"note: {run_dir} already has {progress.epoch} epochs; pass `epochs` above that to extend it")
-    return progress
-
-
 def _run_epochs(run: _Run, log) -> None:
     """Train the remaining epochs; every ``eval_every``-th and the last end with the test bound and the files.
 
@@ -272,11 +238,10 @@ def _run_epochs(run: _Run, log) -> None:
     an epoch without them writes ``last.pt`` and ``metrics.csv`` too. Skipping the test bound changes no
     training draw (it forks the RNG), so the epochs train alike with any ``eval_every``.
     """
-    config, progress, model, ranks = run.config, run.progress, run.model, run.ranks
-    last = run.run_dir / "last.pt"
+    config, progress, model, ranks, folder = run.config, run.progress, run.model, run.ranks, run.folder
     with GracefulStop() as stop:
         processes = f" in {ranks.world_size} processes" if ranks.distributed else ""
-        log(f"training {run.run_dir} on {run.device.type}{processes} to epoch {config.epochs}; "
+        log(f"training {folder.path} on {run.device.type}{processes} to epoch {config.epochs}; "
             "Ctrl-C stops after the current step")
         for epoch in range(progress.epoch + 1, config.epochs + 1):
             model.train()
@@ -289,8 +254,8 @@ def _run_epochs(run: _Run, log) -> None:
             progress.step += result.batch - done_before
             if result.batch < result.n_batches:  # stopped by a signal in mid-epoch
                 progress.partial = result.partial(epoch)
-                run.save(last)
-                raise TrainingInterrupted(stop.signum, run.run_dir, f"in epoch {epoch} at step {progress.step} "
+                folder.save("last.pt", run.state())
+                raise TrainingInterrupted(stop.signum, folder.path, f"in epoch {epoch} at step {progress.step} "
                                           f"(batch {result.batch} of {result.n_batches})")
             model.offdiag_enabled = True  # the off-diagonal entries are exactly zero during the warm-up
             tested = epoch % config.eval_every == 0 or epoch == config.epochs
@@ -299,11 +264,11 @@ def _run_epochs(run: _Run, log) -> None:
             row = epoch_row(epoch, progress.step, result, len(run.train_data), test)
             improved = progress.complete(row)
             if tested:
-                run.save_epoch(improved)
+                folder.save_epoch(run.state(), improved, progress.metrics)
             log(f"epoch {epoch:3d}  train {row['train_loss']:8.3f}  " + (
                 f"test -ELBO {row['test_neg_elbo']:8.3f}  (recon {row['test_recon']:.2f}, KL {row['test_kl']:.2f})  "
                 if tested else "") + f"{row['images_per_s']:,.0f} img/s  {result.seconds:.1f}s")
             if StopVote(ranks, stop).now():
                 if not tested:  # the epoch is saved (without its test bound), so the stop loses nothing
-                    run.save_epoch(improved)
-                raise TrainingInterrupted(stop.signum, run.run_dir, f"after epoch {epoch}")
+                    folder.save_epoch(run.state(), improved, progress.metrics)
+                raise TrainingInterrupted(stop.signum, folder.path, f"after epoch {epoch}")

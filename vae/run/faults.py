@@ -1,8 +1,10 @@
 """Test hooks: environment variables that slow down or break a run on purpose.
 
 They exist so that the reliability tests can inject a fault at an exact point
-of a real ``python train.py`` process. Nothing reads them unless they are set,
-and no user needs them.
+of a real ``python train.py`` process. They are off the production path: a
+command installs them at its entry (:func:`installed`) only when one of the
+variables is set, into two slots that are None otherwise
+(:data:`vae.run.files.TEST_HOOK`, :data:`vae.epoch.TEST_HOOK`). No user needs them.
 
 ``VAE_TEST_SLOW_WRITE="last.pt=1.5,metrics.csv=1.5"``
     Sleep that many seconds between writing (and fsyncing) the temporary file
@@ -27,19 +29,19 @@ and no user needs them.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import os
 import signal
 import time
-from typing import Optional
+from typing import Iterator
 
-import torch
-
+import vae.epoch
+import vae.run.files
 from vae.run.distributed import current
 
-__all__ = ["SLOW_WRITE_ENV", "DISK_FULL_ENV", "FAULT_AT_STEP_ENV", "LAUNCHER", "pause_before_replace", "disk_full",
-           "NoFault", "StepFault", "step_fault"]
+__all__ = ["SLOW_WRITE_ENV", "DISK_FULL_ENV", "FAULT_AT_STEP_ENV", "LAUNCHER", "WriteFault", "StepFault", "installed"]
 
 SLOW_WRITE_ENV = "VAE_TEST_SLOW_WRITE"
 DISK_FULL_ENV = "VAE_TEST_DISK_FULL"
@@ -59,68 +61,70 @@ def _pairs(variable: str) -> dict[str, str]:
         raise ValueError(f"{variable}={text!r}: expected NAME=VALUE[,NAME=VALUE...]") from None
 
 
-def pause_before_replace(name: str) -> None:
-    """Sleep as ``VAE_TEST_SLOW_WRITE`` asks for the file called ``name`` (usually no-op)."""
-    seconds = _pairs(SLOW_WRITE_ENV).get(name)
-    if seconds:
-        time.sleep(float(seconds))
+@contextlib.contextmanager
+def installed() -> Iterator[None]:
+    """Install the hooks the ``VAE_TEST_*`` variables ask for, inside the block; with none set, nothing."""
+    write = WriteFault() if os.environ.get(SLOW_WRITE_ENV, "").strip() or os.environ.get(DISK_FULL_ENV, "").strip() \
+        else None
+    step = StepFault() if os.environ.get(FAULT_AT_STEP_ENV, "").strip() else None
+    saved = vae.run.files.TEST_HOOK, vae.epoch.TEST_HOOK
+    vae.run.files.TEST_HOOK, vae.epoch.TEST_HOOK = write or saved[0], step or saved[1]
+    try:
+        yield
+    finally:
+        vae.run.files.TEST_HOOK, vae.epoch.TEST_HOOK = saved
 
 
-def disk_full(name: str) -> None:
-    """Raise ``OSError(ENOSPC)`` if ``VAE_TEST_DISK_FULL`` names the file ``name`` (usually a no-op)."""
-    patterns = os.environ.get(DISK_FULL_ENV, "")
-    if patterns and any(fnmatch.fnmatchcase(name, pattern.strip()) for pattern in patterns.split(",")):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+class WriteFault:
+    """``VAE_TEST_DISK_FULL`` and ``VAE_TEST_SLOW_WRITE``, as a :class:`vae.run.files.WriteHook`."""
 
+    def __init__(self) -> None:
+        self.slow = {name: float(seconds) for name, seconds in _pairs(SLOW_WRITE_ENV).items()}
+        self.full = [p.strip() for p in os.environ.get(DISK_FULL_ENV, "").split(",") if p.strip()]
 
-class NoFault:
-    """No fault: what training gets unless ``VAE_TEST_FAULT_AT_STEP`` is set; both hooks do nothing."""
+    def written(self, name: str) -> None:
+        """Raise ``OSError(ENOSPC)`` if ``VAE_TEST_DISK_FULL`` names the file ``name``."""
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.full):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    def loss(self, step: int, loss: torch.Tensor) -> torch.Tensor:
-        return loss
-
-    def after_step(self, step: int, stop=None) -> None:
-        pass
-
-
-def step_fault() -> "NoFault | StepFault":
-    """The fault ``VAE_TEST_FAULT_AT_STEP`` asks for, or a :class:`NoFault` (read once per epoch)."""
-    return StepFault() if os.environ.get(FAULT_AT_STEP_ENV, "").strip() else NoFault()
+    def replacing(self, name: str) -> None:
+        """Sleep as ``VAE_TEST_SLOW_WRITE`` asks for the file called ``name``."""
+        if self.slow.get(name):
+            time.sleep(self.slow[name])
 
 
 class StepFault:
-    """The fault ``VAE_TEST_FAULT_AT_STEP`` asks for; read once per epoch.
+    """The fault ``VAE_TEST_FAULT_AT_STEP`` asks for.
 
     Attributes:
-        step: the global step it hits, or None (none, or another rank's); action: ``nan``, ``inf`` or a
-        signal name; target: a rank, :data:`LAUNCHER`, or empty (every rank).
+        step: the global step it hits; action: ``nan``, ``inf`` or a signal name; target: a rank,
+        :data:`LAUNCHER`, or empty (every rank). The rank is read when the fault is due (the process
+        group is joined after the command's entry).
     """
 
     def __init__(self) -> None:
         items = list(_pairs(FAULT_AT_STEP_ENV).items())
-        if len(items) > 1:
+        if len(items) != 1:
             raise ValueError(f"{FAULT_AT_STEP_ENV}: one STEP=ACTION only")
-        self.step: Optional[int] = int(items[0][0]) if items else None
-        self.action, _, self.target = (items[0][1].strip() if items else "").partition("@")
+        self.step: int = int(items[0][0])
+        self.action, _, self.target = items[0][1].strip().partition("@")
         if self.target and self.target != LAUNCHER and not self.target.isdigit():
             raise ValueError(f"{FAULT_AT_STEP_ENV}: unknown target {self.target!r} (a rank, or {LAUNCHER})")
-        if self.target and current().rank != (0 if self.target == LAUNCHER else int(self.target)):
-            self.step = None  # another rank's fault
-        if self.action and self.action not in ("nan", "inf") and not hasattr(signal, self.action):
+        if self.action not in ("nan", "inf") and not hasattr(signal, self.action):
             raise ValueError(f"{FAULT_AT_STEP_ENV}: unknown action {self.action!r} (nan, inf or a signal name)")
 
-    def loss(self, step: int, loss: torch.Tensor) -> torch.Tensor:
-        """The loss of global ``step``, replaced by NaN or Inf when asked."""
-        if step == self.step and self.action in ("nan", "inf"):
-            return loss + float(self.action)  # float("nan") or float("inf")
-        return loss
+    def hits(self, step: int, *actions: str) -> bool:
+        """Whether the fault, one of ``actions``, is due at global ``step`` on this rank."""
+        if step != self.step or self.action not in actions:
+            return False
+        return not self.target or current().rank == (0 if self.target == LAUNCHER else int(self.target))
 
     def after_step(self, step: int, stop=None) -> None:
         """Send the asked-for signal once global ``step`` is done: to this process, or to torchrun.
 
         ``stop``: the :class:`vae.run.signals.GracefulStop` whose ``signum`` shows that torchrun passed it on.
         """
-        if step != self.step or self.action in ("nan", "inf"):
+        if self.action in ("nan", "inf") or not self.hits(step, self.action):
             return
         if self.target != LAUNCHER:
             os.kill(os.getpid(), getattr(signal, self.action))

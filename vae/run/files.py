@@ -16,14 +16,30 @@ import stat
 import tempfile
 from pathlib import Path
 
-from vae.errors import FullcovError
-from vae.run.faults import disk_full, pause_before_replace
+from typing import Optional, Protocol
 
-__all__ = ["TEMP_PREFIX", "WriteError", "write_bytes_atomic", "write_text_atomic", "save_figure",
+from vae.errors import FullcovError
+
+__all__ = ["TEMP_PREFIX", "WriteHook", "WriteError", "write_bytes_atomic", "write_text_atomic", "save_figure",
            "remove_stale_temporaries"]
 
 TEMP_PREFIX = ".fullcov-"  # the temporaries of atomic writes: .fullcov-<name>.<8 random characters>.tmp
 _TEMPORARY = re.compile(re.escape(TEMP_PREFIX) + r".+\.[a-z0-9_]{8}\.tmp")  # mkstemp's random part
+
+
+class WriteHook(Protocol):
+    """A reliability test's hook into :func:`write_bytes_atomic` (:mod:`vae.run.faults`)."""
+
+    def written(self, name: str) -> None:
+        """The temporary of the file called ``name`` is written, not yet fsynced (may raise ``OSError``)."""
+
+    def replacing(self, name: str) -> None:
+        """The temporary is fsynced; ``os.replace`` comes next (may wait)."""
+
+
+TEST_HOOK: Optional[WriteHook] = None
+"""Set only by :func:`vae.run.faults.installed`, at a command's entry, when a ``VAE_TEST_*`` variable asks for a
+fault; None otherwise, and no write consults anything else."""
 
 
 class WriteError(FullcovError, OSError):
@@ -59,10 +75,12 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
             f.write(data)
-            disk_full(path.name)  # test hook, see vae.run.faults
+            if TEST_HOOK is not None:
+                TEST_HOOK.written(path.name)
             f.flush()
             os.fsync(f.fileno())
-        pause_before_replace(path.name)  # test hook, see vae.run.faults
+        if TEST_HOOK is not None:
+            TEST_HOOK.replacing(path.name)
         os.replace(tmp, path)
     except BaseException as err:
         if tmp is not None:

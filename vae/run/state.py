@@ -8,34 +8,26 @@ batches are done, the data generator's state at the epoch's start (to redraw
 the same permutation) and the running sums of its losses. A resume therefore
 ends exactly where an uninterrupted run would (same device, same seed).
 
-The other files of the run folder follow ``last.pt`` (:mod:`vae.run.folder`).
-A resume may
-extend a run (``--epochs``), never shorten it, and may change the device
-only where the results stay the same (:func:`check_resume`); the number of
-processes may not change (each rank's data slices and random streams would).
+The run folder (:class:`vae.run.folder.RunFolder`) reads it, decides whether a
+resume may go on, and writes the other files after it.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
 import torch
 
-from vae.run.checkpoint import CheckpointError, load_checkpoint, load_weights
-from vae.errors import ArgumentError
-from vae.config import TrainConfig, config_from_dict
+from vae.config import TrainConfig
+from vae.errors import first_line
+from vae.run.checkpoint import CheckpointError, load_weights
 
-__all__ = [
-    "RESUMABLE_OVERRIDES", "EpochResult", "PartialEpoch", "RunProgress", "resume_config", "rng_state",
-    "set_rng_state", "checkpoint_state", "restore_run", "checked_last", "check_resume",
-]
+__all__ = ["EpochResult", "PartialEpoch", "RunProgress", "rng_state", "set_rng_state", "checkpoint_state",
+           "restore_run"]
 
-RESUMABLE_OVERRIDES = ("epochs", "data_dir", "out_dir", "run_name", "resume", "eval_batch_size", "eval_every", "amp",
-                       "compile", "plots", "progress", "grad_clip", "device", "dist_timeout", "threads")
 RESUME_KEYS = ("optimizer", "step", "rng", "best_test_neg_elbo")
 
 
@@ -118,115 +110,6 @@ class RunProgress:
         return improved
 
 
-def resume_config(config: TrainConfig, explicit: set[str],
-                  world_size: Optional[int] = None) -> tuple[TrainConfig, dict[str, Any]]:
-    """The stored config of the run to resume, with the flags given now applied, and ``last.pt`` itself.
-
-    ``last.pt`` is read once, here; pass it on as ``train(config, resume_state=state)``. Read it
-    under the run folder's lock (:func:`vae.run.lock.lock_run_folder`) so that no other writer moves it on.
-
-    Only flags that leave the model and the data stream unchanged may differ
-    from the stored run: ``epochs`` among them, to extend a run at a constant
-    learning rate (a schedule is scaled to the run's epochs), and ``device``,
-    to name the device it was trained on (``--device cpu`` for a run stored as
-    ``auto``; another device is refused, see :func:`check_resume`). ``world_size`` (the processes
-    that would continue it) is checked first: a new count explains any flag it would make wrong.
-    The data folder: ``data_dir`` if given now, else ``$VAE_DATA_DIR`` (dropping the stored one).
-
-    Raises:
-        ValueError: no run to resume, a flag that contradicts the stored run, or
-            ``--epochs`` below the epochs it already has.
-        vae.run.checkpoint.CheckpointError: ``last.pt`` is not a loadable checkpoint.
-    """
-    last = Path(config.out_dir) / config.name / "last.pt"
-    if not last.is_file():
-        raise ArgumentError("resume", f": no {last} to resume from")
-    state = load_checkpoint(last)
-    stored = config_from_dict(state["config"])
-    if world_size is not None:
-        _check_world_size(state, last, world_size)
-    for name in sorted(explicit - set(RESUMABLE_OVERRIDES)):
-        if getattr(config, name) != getattr(stored, name):
-            raise ArgumentError("resume", f": {last} was trained with `{name}` {getattr(stored, name)!r}; "
-                                          "drop that value or start a new run")
-    resumed = dataclasses.replace(stored, **{name: getattr(config, name) for name in explicit
-                                             if name in RESUMABLE_OVERRIDES})
-    if "data_dir" not in explicit and os.environ.get("VAE_DATA_DIR"):  # the environment before the stored path
-        resumed = dataclasses.replace(resumed, data_dir=None)
-    check_resume(resumed, state, last)
-    return resumed, state
-
-
-def checked_last(config: TrainConfig, run_dir: Path) -> Path:
-    """``run_dir/last.pt``, once sure that a resume has one and a new run does not.
-
-    Raises:
-        ValueError: no ``last.pt`` to resume, or one that a new run would overwrite.
-    """
-    last = run_dir / "last.pt"
-    if config.resume and not last.is_file():
-        raise ArgumentError("resume", f": no {last} to resume from")
-    if not config.resume and last.is_file():
-        raise ArgumentError("run_name", f": {run_dir} already holds a run; pass `resume` to continue it or choose "
-                                        "another `run_name`")
-    return last
-
-
-def check_resume(config: TrainConfig, state: dict[str, Any], path: Path, device: Optional[torch.device] = None,
-                 world_size: Optional[int] = None) -> None:
-    """Refuse a resume that would make ``config.json`` disagree with ``last.pt``, or change the results.
-
-    Args:
-        config: the resumed run's config; state: ``last.pt`` (at ``path``), read on the CPU;
-        device: where it would continue; world_size: by how many processes (each checked when given).
-
-    Raises:
-        ValueError: ``config.epochs`` is below the epochs ``last.pt`` holds (a run
-            is extended, never cut short), or differs from them under a learning-rate
-            schedule (which is scaled to the run's epochs), or ``device`` is not the kind
-            it was trained on, or ``world_size`` is not the number of processes that trained it.
-    """
-    stored = config_from_dict(state["config"])
-    if config.epochs != stored.epochs and stored.lr_schedule != "constant":
-        raise ArgumentError(
-            "resume", f": {path} runs the {stored.lr_schedule} learning-rate schedule, scaled to its "
-            f"{stored.epochs} epochs; `epochs` {config.epochs} would change the rate of the steps already taken"
-        )
-    partial = state.get("partial")
-    needed = partial["epoch"] if partial else state["epoch"]
-    if config.epochs < needed:
-        held = f"{state['epoch']} epoch{'s' * (state['epoch'] != 1)}" + (
-            f" and part of epoch {partial['epoch']}" if partial else "")
-        raise ArgumentError("resume", f": {path} already has {held}; `epochs` {config.epochs} would not match it "
-                                      f"(pass `epochs` {needed} or more, or leave it out)")
-    rng = state.get("rng") if isinstance(state.get("rng"), dict) else {}
-    trained_on = next((kind for kind in ("cuda", "mps") if kind in rng), "cpu")  # rng_state saves that device's
-    if device is not None and device.type != trained_on:
-        raise ArgumentError("resume", f": {path} was trained on {trained_on}; continued on {device.type}, its "
-                                      f"results would differ from an uninterrupted run (pass `device` {trained_on}, "
-                                      "or start a new run with `init_from`)")
-    if world_size is not None:
-        _check_world_size(state, path, world_size)
-
-
-def _check_world_size(state: dict[str, Any], path: Path, world_size: int) -> None:
-    """Refuse to continue a run by another number of processes than trained it."""
-    trained_by = state.get("world_size", 1)
-    if world_size != trained_by:
-        raise ArgumentError("resume", f": {path} was trained by {_processes(trained_by)}; continued by "
-                                      f"{_processes(world_size)}, each one's data slices and random streams would "
-                                      f"differ from an uninterrupted run (resume it with {_launch(trained_by)}, or "
-                                      "start a new run with `init_from`)")
-
-
-def _processes(n: int) -> str:
-    return "1 process" if n == 1 else f"{n} processes"
-
-
-def _launch(n: int) -> str:
-    return "no torchrun" if n == 1 else f"torchrun and {n} processes in all"
-
-
 def rng_state(device: torch.device, data_gen: torch.Generator, noise_gen: Optional[torch.Generator] = None) -> dict:
     """The global RNG states and the data generator's (and a rank's binarization generator), as CPU tensors."""
     state = {"torch": torch.get_rng_state(), "data": data_gen.get_state()}
@@ -297,7 +180,6 @@ def restore_run(
         rng = state["rank_rng"][rank] if "rank_rng" in state else state["rng"]
         set_rng_state(rng, device, data_gen, noise_gen)
     except (RuntimeError, TypeError, ValueError, KeyError, IndexError) as err:
-        first = (str(err).strip() or type(err).__name__).splitlines()[0]
-        raise CheckpointError(f"{path}: cannot resume from its training state ({first})") from None
+        raise CheckpointError(f"{path}: cannot resume from its training state ({first_line(err)})") from None
     return RunProgress(state["epoch"], state["step"], list(state["metrics"]),
                        state["best_test_neg_elbo"], PartialEpoch.from_state(state.get("partial")))

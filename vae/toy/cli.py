@@ -36,8 +36,8 @@ import os
 import warnings
 from typing import Optional
 
-from vae.cli import ArgumentParser, command_name  # torch-free: a bad flag is answered before torch loads
-from vae.errors import ArgumentError, flag
+from vae.cli import ArgumentParser, command_name, test_hooks  # torch-free: a bad flag is answered before torch loads
+from vae.errors import ArgumentError, FullcovError, first_line, flag
 from vae.toy.problems import INITS, PROBLEMS, ToyConfig, make_problem
 
 __all__ = ["CONVERGED", "main", "run"]
@@ -146,8 +146,8 @@ def main(argv=None) -> int:
     try:
         cfg.validate()
         cfg.out = _png_path(cfg.out, cfg.problem)
-    except ValueError as err:
-        parser.error(err)
+    except FullcovError as err:
+        return parser.report(err)
     import torch
 
     # The toy tensors are tiny: intra-op threads only add synchronization, which on a
@@ -157,14 +157,15 @@ def main(argv=None) -> int:
         torch.empty(0, device=cfg.device)
     except (RuntimeError, AssertionError) as err:
         parser.error(f"--device {cfg.device!r} is not usable: {err}")
-    from vae.run.files import WriteError
-
     try:
-        run(cfg)
-    except (FloatingPointError, WriteError) as err:  # a diverged fit; a full disk under the plot
+        with test_hooks():
+            run(cfg)
+    except FullcovError as err:  # a full disk under the plot
+        return parser.report(err)
+    except FloatingPointError as err:  # a diverged fit
         return parser.fail(err)
     except torch.linalg.LinAlgError as err:  # a covariance too ill-conditioned for float32
-        return parser.fail(f"the problem's covariance cannot be factored in float32 ({str(err).splitlines()[0]}); "
+        return parser.fail(f"the problem's covariance cannot be factored in float32 ({first_line(err)}); "
                            "lower --condition-number")
     return 0
 

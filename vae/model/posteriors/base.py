@@ -80,6 +80,11 @@ class GaussianPosterior:
         """Raw entries per image that :meth:`from_raw` takes."""
         raise NotImplementedError
 
+    @classmethod
+    def factor_size(cls, dim: int, rank: int) -> int:
+        """Values per image of the factor the family computes with (its raw entries, unless denser)."""
+        return cls.head_size(dim, rank)
+
     @staticmethod
     def init_head(head: nn.Linear, dim: int, rank: int) -> None:
         """Initialize the encoder's scale head in place (weights near zero, biases zero)."""

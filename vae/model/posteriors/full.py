@@ -21,6 +21,10 @@ class FullGaussian(GaussianPosterior):
         return tril_size(dim)
 
     @staticmethod
+    def factor_size(dim: int, rank: int) -> int:
+        return dim * dim  # the dense (D, D) L
+
+    @staticmethod
     def init_head(head: nn.Linear, dim: int, rank: int) -> None:
         GaussianPosterior.init_head(head, dim, rank)
         rows, cols = torch.tril_indices(dim, dim)
