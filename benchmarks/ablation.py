@@ -1,4 +1,4 @@
-"""The recipe ablation of docs/RESULTS.md: each step of the training recipe, full against diagonal, over seeds.
+"""The recipe ablation of docs/results.md: each step of the training recipe, full against diagonal, over seeds.
 
     python benchmarks/ablation.py --out-dir ~/runs/ablation [--epochs 20] [--seeds 0 1 2] [--k 100] [--jobs 1]
     python benchmarks/ablation.py --out-dir ~/runs/ablation --report   # the tables of the runs finished so far

@@ -16,7 +16,7 @@ iterations. Adam is capped at ``--adam-epochs``; a miss is reported as such,
 with the error it reached. "closed form" is ``x.mean(0)`` plus
 ``torch.cov(x.T, correction=0)``: the floor any learner is measured against.
 
-``--probes``: the probe problems of issue 12 (data at scales where the old
+``--probes``: the probe problems (data at scales where the old
 defaults failed), each fitted by ``fit_covariance(x, "nll")`` with every other
 argument at its default: median time, relative Frobenius error of Sigma and of
 the mean to the closed form, and whether the fit says it converged.
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads; 0 keeps torch's (default 1)")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--probes", action="store_true", help="time the default fit on issue 12's probe problems")
+    parser.add_argument("--probes", action="store_true", help="time the default fit on the probe problems")
     args = parser.parse_args(argv)
     require_positive(parser, args, "dims", "repeats", "samples")
     if args.threads:

@@ -1,4 +1,4 @@
-"""The speed paths: the CPU thread default and the compiled training step (issue 11)."""
+"""The speed paths: the CPU thread default and the compiled training step."""
 from __future__ import annotations
 
 import copy

@@ -26,13 +26,13 @@ __all__ = [
 ]
 
 # Named groups of flags: ``python train.py --preset NAME`` reproduces a results
-# run of docs/RESULTS.md; flags given beside it override the preset's values.
+# run of docs/results.md; flags given beside it override the preset's values.
 _RESULTS = dict(dataset="mnist", hidden=(300, 300), latent_dim=32, batch_size=128, lr=1e-3, adam_eps=1e-4,
                 lr_schedule="cosine", kl_warmup=50, output_bias="mean", epochs=600, seed=0)
 PRESETS: dict[str, dict] = {
     "results-vae-full": {**_RESULTS, "posterior": "full", "run_name": "results-vae-full"},
     "results-vae-diagonal": {**_RESULTS, "posterior": "diagonal", "run_name": "results-vae-diagonal"},
-    # a k = 50 IWAE fine-tuned from the shipped full VAE for 10 epochs (docs/RESULTS.md)
+    # a k = 50 IWAE fine-tuned from the shipped full VAE for 10 epochs (docs/results.md)
     "results-iwae-full": {**_RESULTS, "posterior": "full", "objective": "iwae", "k": 50, "estimator": "dreg",
                           "init_from": str(PRETRAINED_DIR / "vae-full.pt"), "epochs": 10, "lr": 3e-4,
                           "kl_warmup": 0, "run_name": "results-iwae-full"},
@@ -90,7 +90,7 @@ class TrainConfig:
     rank: int = _knob(2, "rank R of the lowrank posterior's factor W (Sigma = W W^T + diag(d))")
     diag_transform: str = _knob("softplus", "positive map of the factor's diagonal", DIAG_TRANSFORMS)
     diag_warmup: int = _knob(
-        2, "epochs at the start during which a full posterior is held diagonal (0: none); see docs/RESULTS.md"
+        2, "epochs at the start during which a full posterior is held diagonal (0: none); see docs/results.md"
     )
     init_from: typing.Optional[str] = _knob(
         None, "start from this checkpoint's weights (a fine-tune: fresh optimizer, no diagonal warm-up)"
@@ -132,7 +132,7 @@ class TrainConfig:
     compile: bool = _knob(False, "torch.compile the training step (CUDA graphs on CUDA)")
     seed: int = _knob(0, "random seed")
     preset: typing.Optional[str] = _knob(
-        None, "a named group of flags (docs/RESULTS.md); flags given beside it override it", tuple(PRESETS)
+        None, "a named group of flags (docs/training.md); flags given beside it override it", tuple(PRESETS)
     )
     out_dir: str = _knob("checkpoints", "folder holding one sub-folder per run")
     run_name: typing.Optional[str] = _knob(None, "run folder name; default <dataset>-<posterior>-d<D>-s<seed>")

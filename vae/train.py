@@ -3,7 +3,7 @@
     python train.py --dataset mnist                  # trains, evaluates, checkpoints, plots
     python train.py --dataset mnist --latent-dim 2   # a latent space you can look at
     python train.py --resume --run-name NAME         # continue a run from its last.pt
-    python train.py --preset results-vae-full        # a results run of docs/RESULTS.md
+    python train.py --preset results-vae-full        # a results run of docs/results.md
     torchrun --standalone --nproc-per-node 2 train.py --dataset mnist   # one model, 2 processes (DDP)
 
 Every flag is a field of :class:`vae.config.TrainConfig`. Under torchrun

@@ -22,7 +22,7 @@ class _BernoulliLogProb(torch.autograd.Function):
     The same value as ``-binary_cross_entropy_with_logits(...).sum(-1)`` (to float rounding: the
     last term is at most 2^-24 from ``log1p``'s), about 4x faster on the CPU, where ``log1p``
     and ``softplus`` are not vectorized and cost ~5 ns per element against ~0.5 for ``log``.
-    It was the training step's largest operator after the matmuls (issue 11's profile).
+    It was the training step's largest operator after the matmuls (measured in docs/performance.md).
     """
 
     @staticmethod

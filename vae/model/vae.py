@@ -34,7 +34,7 @@ __all__ = ["OFFDIAG_SCALE", "VAE", "Draw"]
 # off-diagonal entries at zero for a few epochs (``VAE.offdiag_enabled``, the
 # ``--diag-warmup`` flag). With it the full posterior leads the diagonal one
 # early and draws level by 400 epochs, where it trailed by 2.3 nats of NLL
-# without it (docs/RESULTS.md).
+# without it (docs/results.md).
 OFFDIAG_SCALE = 0.1
 
 

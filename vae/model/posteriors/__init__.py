@@ -18,7 +18,7 @@ The hot path uses these closed forms, never ``torch.distributions``, and no
 inverse is formed: the full family solves with L, the low-rank family with
 the Cholesky factor of its :math:`R \times R` capacitance
 :math:`C = I_R + W^\top \operatorname{diag}(d)^{-1} W` (matrix determinant
-lemma and Woodbury identity, ``../shared/REFERENCES.md``).
+lemma and Woodbury identity, ``docs/references.md``).
 :meth:`~GaussianPosterior.distribution` hands the same parameters to
 ``torch.distributions`` for users. All of it runs in float32 (or float64)
 with autocast disabled.
