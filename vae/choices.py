@@ -15,7 +15,7 @@ from pathlib import Path
 from vae.errors import ArgumentError
 
 __all__ = [
-    "DATASETS", "FAMILIES", "DIAG_TRANSFORMS", "DEVICES", "OBJECTIVES", "ESTIMATORS", "LR_SCHEDULES",
+    "DATASETS", "FAMILIES", "DATA_KINDS", "LIKELIHOODS", "LIKELIHOOD_OF_KIND", "DIAG_TRANSFORMS", "DEVICES", "OBJECTIVES", "ESTIMATORS", "LR_SCHEDULES",
     "BINARIZATIONS", "OUTPUT_BIASES", "FIT_OBJECTIVES", "FIT_OPTIMIZERS", "CHOICES", "NAME_MAX", "PATH_MAX",
     "PRETRAINED_DIR", "check_choice", "check_estimator", "check_path",
 ]
@@ -23,10 +23,16 @@ __all__ = [
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 """The shipped models, package data (``vae/pretrained/``); no command writes into it."""
 
-DATASETS: dict[str, str] = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+DATASETS: dict[str, str] = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
 """Dataset name -> its ``torchvision.datasets`` class (:mod:`vae.data`)."""
 FAMILIES: dict[str, str] = {"full": "FullGaussian", "diagonal": "DiagonalGaussian", "lowrank": "LowRankGaussian"}
 """Posterior family name -> its class in :mod:`vae.model.posteriors`."""
+DATA_KINDS = ("auto", "binary", "8bit", "continuous")  # binary or in [0, 1]; integers 0..255; other floats
+LIKELIHOODS: dict[str, str] = {"bernoulli": "BernoulliLikelihood", "gaussian": "GaussianLikelihood",
+                               "logistic": "DiscretizedLogisticLikelihood"}
+"""Likelihood name -> its class in :mod:`vae.model.likelihood`."""
+LIKELIHOOD_OF_KIND = {"binary": "bernoulli", "8bit": "logistic", "continuous": "gaussian"}
+"""What ``likelihood auto`` picks for each kind of data."""
 DIAG_TRANSFORMS = ("softplus", "exp")  # positive maps of a factor's diagonal, vae.cholesky
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OBJECTIVES = ("elbo", "iwae")
@@ -38,9 +44,10 @@ FIT_OBJECTIVES = ("mse", "nll")  # the covariance learner's, vae.toy
 FIT_OPTIMIZERS = ("auto", "adam", "lbfgs")
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "dataset": tuple(DATASETS), "posterior": tuple(FAMILIES), "family": tuple(FAMILIES),
+    "posterior": tuple(FAMILIES), "family": tuple(FAMILIES),
     "diag_transform": DIAG_TRANSFORMS, "device": DEVICES, "objective": OBJECTIVES, "estimator": ESTIMATORS,
-    "lr_schedule": LR_SCHEDULES, "binarize": BINARIZATIONS, "output_bias": OUTPUT_BIASES,
+    "lr_schedule": LR_SCHEDULES, "binarize": BINARIZATIONS, "output_bias": OUTPUT_BIASES, "data_kind": DATA_KINDS,
+    "likelihood": tuple(LIKELIHOODS),
 }
 """Argument name -> its choices, for the arguments whose choices are the same wherever they appear."""
 

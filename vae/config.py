@@ -16,7 +16,7 @@ from pathlib import Path
 
 from vae.choices import (
     BINARIZATIONS, DATASETS, DEVICES, DIAG_TRANSFORMS, ESTIMATORS, FAMILIES, LR_SCHEDULES, OBJECTIVES, OUTPUT_BIASES,
-    PRETRAINED_DIR, check_choice, check_estimator, check_path,
+    DATA_KINDS, LIKELIHOODS, PRETRAINED_DIR, check_choice, check_estimator, check_path,
 )
 from vae.errors import ArgumentError, flag
 
@@ -39,6 +39,7 @@ PRESETS: dict[str, dict] = {
 }
 
 
+LIKELIHOOD_CHOICES = ("auto", *LIKELIHOODS)
 THREADS_HELP = "CPU threads for torch; 0: the cores no other job is busy on, unless OMP_NUM_THREADS sets them"
 DIST_TIMEOUT_MAX = 7 * 24 * 3600.0
 """The longest ``--dist-timeout`` (a week): far above any real wait, far below what ``timedelta`` overflows at."""
@@ -77,12 +78,20 @@ def _knob(default, help: str, choices: tuple | None = None, **kw):
 class TrainConfig:
     """Configuration of one training run (see ``python train.py --help``)."""
 
-    dataset: str = _knob("mnist", "dataset to train on", tuple(DATASETS))
+    dataset: str = _knob("mnist", f"{', '.join(DATASETS)}, or a path: a .npz (train, test), a .npy, .pt or .csv "
+                                  "array, or a folder of images (docs/data.md)")
     data_dir: typing.Optional[str] = _knob(
         None, "dataset root (torchvision layout); default $VAE_DATA_DIR, else ./data (downloaded)"
     )
+    data_kind: str = _knob("auto", "binary (or in [0, 1]), 8bit, or continuous; auto: inferred from the data",
+                           DATA_KINDS)
+    test_fraction: float = _knob(0.1, "share of a single array's rows held out for testing, by a fixed seed")
+    likelihood: str = _knob("auto", "p(x|z): bernoulli, gaussian (learned variance per dimension, on "
+                                    "standardized columns) or logistic (discretized, 8-bit); auto: from the "
+                                    "kind of data", LIKELIHOOD_CHOICES)
     limit: typing.Optional[int] = _knob(None, "use only the first N training images")
-    binarize: str = _knob("dynamic", "fresh Bernoulli pixels every batch, or raw intensities", BINARIZATIONS)
+    binarize: str = _knob("dynamic", "bernoulli likelihood: fresh Bernoulli pixels every batch, or raw intensities",
+                          BINARIZATIONS)
     latent_dim: int = _knob(20, "latent dimension D")
     hidden: typing.Tuple[int, ...] = _knob((400,), "hidden widths of encoder and decoder, e.g. --hidden 500 500")
     posterior: str = _knob("full", "posterior family: full Cholesky factor, diagonal, or low rank plus diagonal",
@@ -135,7 +144,8 @@ class TrainConfig:
         None, "a named group of flags (docs/training.md); flags given beside it override it", tuple(PRESETS)
     )
     out_dir: str = _knob("checkpoints", "folder holding one sub-folder per run")
-    run_name: typing.Optional[str] = _knob(None, "run folder name; default <dataset>-<posterior>-d<D>-s<seed>")
+    run_name: typing.Optional[str] = _knob(None, "run folder name; default <dataset>-<posterior>-d<D>-s<seed> (a "
+                                                 "path's dataset: the file or folder name without its suffix)")
     resume: bool = _knob(False, "continue the run in <out-dir>/<run-name> from its last.pt")
     plots: bool = _knob(True, "write the pictures at the end of training", negatable=True)
     progress: bool = _knob(True, "show progress bars", negatable=True)
@@ -156,12 +166,12 @@ class TrainConfig:
                 raise ArgumentError(name, f"must be a non-negative integer, got {value!r}")
         if self.limit is not None and (not _is_int(self.limit) or self.limit < 1):
             raise ArgumentError("limit", f"must be a positive integer, got {self.limit!r}")
-        for name in ("lr", "adam_eps", "dist_timeout", "grad_clip"):
+        for name in ("lr", "adam_eps", "dist_timeout", "grad_clip", "test_fraction"):
             value = getattr(self, name)
             if not (value is None and name == "grad_clip") and (isinstance(value, bool)
                                                                  or not isinstance(value, (int, float))):
                 raise ArgumentError(name, f"must be a number, got {value!r}")
-        for name in ("data_dir", "init_from", "out_dir", "run_name", "preset"):
+        for name in ("dataset", "data_dir", "init_from", "out_dir", "run_name", "preset"):
             value = getattr(self, name)
             if not (value is None and name != "out_dir") and not isinstance(value, str):
                 raise ArgumentError(name, f"must be a string, got {value!r}")
@@ -177,6 +187,12 @@ class TrainConfig:
         if self.dist_timeout > DIST_TIMEOUT_MAX:
             raise ArgumentError("dist_timeout", f"must be at most {DIST_TIMEOUT_MAX:g} seconds (a week), "
                                                 f"got {self.dist_timeout:g}")
+        if not 0 < self.test_fraction < 1:
+            raise ArgumentError("test_fraction", f"must be between 0 and 1, got {self.test_fraction}")
+        if not self.dataset:
+            raise ArgumentError("dataset", "must name a dataset or a path, got ''")
+        if self.dataset not in DATASETS:
+            check_path("dataset", self.dataset)
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ArgumentError("grad_clip", f"must be positive, got {self.grad_clip}")
         for name in ("data_dir", "init_from", "out_dir"):
@@ -197,7 +213,8 @@ class TrainConfig:
     @property
     def name(self) -> str:
         """The run folder's name."""
-        return self.run_name or f"{self.dataset}-{self.posterior}-d{self.latent_dim}-s{self.seed}"
+        data = self.dataset if self.dataset in DATASETS else Path(self.dataset.rstrip("/\\")).stem or "data"
+        return self.run_name or f"{data}-{self.posterior}-d{self.latent_dim}-s{self.seed}"
 
     def check_run_dir(self) -> Path:
         """The run folder ``<out_dir>/<name>``, once sure that it can be created; nothing is created.

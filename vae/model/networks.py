@@ -11,7 +11,6 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from vae.model.likelihood import BernoulliLikelihood
 
 __all__ = ["mlp", "Encoder", "Decoder"]
 
@@ -39,17 +38,18 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """z ``(..., D)`` -> the likelihood's parameters ``(..., out_dim)`` (Bernoulli logits).
+    """z ``(..., D)`` -> the likelihood's parameters ``(..., out_dim * params_per_pixel)``.
 
     Attributes:
-        likelihood: the :class:`~vae.model.likelihood.BernoulliLikelihood` its outputs parameterize.
+        likelihood: the likelihood its outputs parameterize (:mod:`vae.model.likelihood`), which it owns:
+            its parameters and buffers (a Gaussian's variance and standardization) are the decoder's.
     """
 
-    def __init__(self, latent_dim: int, hidden: Sequence[int], out_dim: int):
+    def __init__(self, latent_dim: int, hidden: Sequence[int], out_dim: int, likelihood: nn.Module):
         super().__init__()
-        self.likelihood = BernoulliLikelihood()
+        self.likelihood = likelihood
         self.body = mlp([latent_dim, *hidden])
-        self.head = nn.Linear(hidden[-1], out_dim * self.likelihood.params_per_pixel)
+        self.head = nn.Linear(hidden[-1], out_dim * likelihood.params_per_pixel)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(z))

@@ -1,5 +1,8 @@
 r"""The VAE: encoder -> a posterior family's q(z|x) -> z = loc + factor(eps) -> decoder -> likelihood.
 
+Data of any shape, rows ``(N, F)`` or images ``(N, C, H, W)``: the MLPs see each
+example flattened, and the public methods take and give the data's own shape.
+
 The encoder's scale head emits a family's raw entries (:mod:`vae.model.posteriors`:
 ``full``, ``diagonal`` or ``lowrank``); the family turns them into its factors,
 through the one map of :mod:`vae.cholesky`. Everything after that (draws, KL,
@@ -12,11 +15,14 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional, Sequence
 
+import math
+
 import torch
 from torch import nn
 
 from vae.cholesky import at_least_float32
 from vae.choices import check_choice
+from vae.model.likelihood import make_likelihood
 from vae.model.networks import Decoder, Encoder
 from vae.model.posteriors import FAMILIES, GaussianPosterior
 
@@ -47,7 +53,7 @@ class Draw(NamedTuple):
 
 
 class VAE(nn.Module):
-    r"""Variational autoencoder with a Gaussian posterior family and a Bernoulli likelihood.
+    r"""Variational autoencoder with a Gaussian posterior family and a likelihood owned by the decoder.
 
     Args:
         latent_dim: D.
@@ -55,16 +61,21 @@ class VAE(nn.Module):
         posterior: the family, ``"full"`` (:math:`LL^\top`), ``"diagonal"`` or ``"lowrank"``
             (:math:`WW^\top + \operatorname{diag}(d)`); kept as :attr:`family`.
         diag_transform: positive map of the factor's diagonal, ``"softplus"`` or ``"exp"``.
-        in_dim: pixels per image (784 for MNIST).
+        data_shape: one example's shape, ``(C, H, W)`` for images (``(1, 28, 28)`` for MNIST) or ``(F,)``
+            for table rows.
         rank: R, the columns of the low-rank family's W (ignored by the others).
+        likelihood: p(x|z), ``"bernoulli"``, ``"gaussian"`` or ``"logistic"`` (:mod:`vae.model.likelihood`).
+        in_dim: the old spelling of ``data_shape=(in_dim,)``, for rows.
     """
 
     def __init__(
         self, latent_dim: int = 20, hidden: Sequence[int] = (400,), posterior: str = "full",
-        diag_transform: str = "softplus", in_dim: int = 784, rank: int = 2,
+        diag_transform: str = "softplus", data_shape: Sequence[int] = (1, 28, 28), rank: int = 2,
+        likelihood: str = "bernoulli", in_dim: Optional[int] = None,
     ):
         super().__init__()
         check_choice("posterior", posterior)
+        check_choice("likelihood", likelihood)
         self.family = posterior
         self.rank = rank
         self._family = FAMILIES[posterior]
@@ -72,10 +83,11 @@ class VAE(nn.Module):
         # the off-diagonal part's factor, OFFDIAG_SCALE or 0 (training's diagonal warm-up, see offdiag_enabled):
         # a tensor, not a Python number, so that a compiled step reads it and never recompiles when it changes
         self.register_buffer("offdiag_scale", torch.tensor(OFFDIAG_SCALE), persistent=False)
-        self.in_dim = in_dim
-        self.encoder = Encoder(in_dim, hidden, latent_dim, self._family.head_size(latent_dim, rank))
+        self.data_shape = (in_dim,) if in_dim is not None else tuple(int(n) for n in data_shape)
+        self.in_dim = math.prod(self.data_shape)
+        self.encoder = Encoder(self.in_dim, hidden, latent_dim, self._family.head_size(latent_dim, rank))
         self._family.init_head(self.encoder.scale_head, latent_dim, rank)
-        self.decoder = Decoder(latent_dim, tuple(reversed(hidden)), in_dim)
+        self.decoder = Decoder(latent_dim, tuple(reversed(hidden)), self.in_dim, make_likelihood(likelihood, self.in_dim))
 
     @property
     def latent_dim(self) -> int:
@@ -97,21 +109,23 @@ class VAE(nn.Module):
         return self.decoder.likelihood
 
     def q(self, x: torch.Tensor) -> GaussianPosterior:
-        """q(z|x) of images ``x`` as the family's own object (the hot path's closed forms).
+        """q(z|x) of data ``x`` as the family's own object (the hot path's closed forms).
 
-        ``x``: ``(N, 784)``, ``(N, 1, 28, 28)``, or one image ``(784,)``; intensities
-        in [0, 1], of any dtype (cast to the model's). In eval mode, the mode
-        :func:`vae.load_model` returns, they are checked first: 0-255 pixels, NaNs
-        or a wrong image size raise ``ValueError``. Training mode skips that check
-        (a min/max and a host sync per batch in the training loop's hot path).
+        ``x``: ``(N, *data_shape)``, ``(N, P)`` flattened, or one example (``data_shape`` or ``(P,)``),
+        in the data's own units (for MNIST, intensities in [0, 1]; 8-bit images as 0..255, uint8 or
+        float; table rows as they are), of any dtype. In eval mode, the mode :func:`vae.load_model`
+        returns, they are checked first: values the likelihood cannot take (0-255 pixels for a Bernoulli,
+        NaNs) or a wrong size raise ``ValueError``. Training mode skips that check (a min/max and a host
+        sync per batch in the training loop's hot path).
         """
-        if x.dim() == 1:  # one image
+        if x.dim() <= len(self.data_shape) and (x.dim() == 1 or tuple(x.shape) == self.data_shape):  # one example
             x = x.unsqueeze(0)
+        if not self.training:
+            self._check_data(x)
+        x = self.likelihood.prepare(x.reshape(x.shape[0], self.in_dim))  # (N, P), the encoder's input
         if x.dtype != self.encoder.loc_head.weight.dtype:
             x = x.to(self.encoder.loc_head.weight.dtype)
-        if not self.training:
-            self._check_images(x)
-        loc, raw = self.encoder(x.reshape(x.shape[0], self.in_dim))  # (N, D), (N, n_raw)
+        loc, raw = self.encoder(x)  # (N, D), (N, n_raw)
         with torch.autocast(device_type=loc.device.type, enabled=False):
             return self._family.from_raw(at_least_float32(loc), raw, self.diag_transform, self.offdiag_scale,
                                          self.rank)
@@ -126,7 +140,7 @@ class VAE(nn.Module):
         """
         q = self.q(x)
         if q.loc.shape[0] == 0:  # torch.distributions cannot build an empty batch: expand one to none
-            one = self.q(torch.zeros(1, self.in_dim, device=q.loc.device, dtype=q.loc.dtype))
+            one = self.q(torch.zeros(1, self.in_dim, device=q.loc.device))
             empty = one.distribution().expand(torch.Size([0]))
             empty._validate_args = False  # torch's support check reshapes by -1, which an empty batch cannot
             return empty
@@ -141,36 +155,51 @@ class VAE(nn.Module):
         q = self.q(x)
         return q.loc, q.scale_tril
 
-    def _check_images(self, x: torch.Tensor) -> None:
-        """``ValueError`` unless ``x`` holds ``N`` images of ``in_dim`` pixels in [0, 1]."""
+    def _check_data(self, x: torch.Tensor) -> None:
+        """``ValueError`` unless ``x`` holds ``N`` examples of ``in_dim`` values that the likelihood can take."""
         if x.numel() != x.shape[0] * self.in_dim:
-            raise ValueError(f"encode: expected images of {self.in_dim} pixels, shaped (N, {self.in_dim}), "
-                             f"(N, 1, 28, 28) or ({self.in_dim},), got shape {tuple(x.shape)}")
+            shape = ", ".join(map(str, self.data_shape))
+            raise ValueError(f"encode: expected examples of shape ({shape}) or {self.in_dim} values, shaped "
+                             f"(N, {shape}) or (N, {self.in_dim}), got shape {tuple(x.shape)}")
         if x.numel():
-            low, high = torch.aminmax(x)
-            if not (low >= 0 and high <= 1):  # False for NaN too
-                hint = "; for 0-255 images, divide by 255" if high > 1 else ""
-                raise ValueError(f"encode: pixels must be intensities in [0, 1], got values from "
-                                 f"{low.item():.4g} to {high.item():.4g}{hint}")
+            self.likelihood.check(x, "encode")
+
+    def params(self, z: torch.Tensor) -> torch.Tensor:
+        """The likelihood's parameters, flat: ``(..., P * params_per_pixel)`` for latents ``(..., D)``.
+
+        What :meth:`likelihood`'s ``log_prob``, ``mean`` and ``sample`` take.
+        """
+        return self.decoder(z)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """The likelihood's parameters (Bernoulli logits) ``(..., 784)`` for latents ``z`` of shape ``(..., D)``."""
-        return self.decoder(z)
+        """The likelihood's parameters in the data's shape, for latents ``z`` of shape ``(..., D)``.
+
+        ``(..., params_per_pixel * C, H, W)`` for images (MNIST's Bernoulli: logits ``(..., 1, 28, 28)``),
+        ``(..., params_per_pixel * F)`` for rows; a likelihood with two parameters per value stacks them
+        on the channel (or feature) axis, means first.
+        """
+        params = self.decoder(z)  # (..., P * ppp)
+        ppp = self.likelihood.params_per_pixel
+        return params.reshape(*params.shape[:-1], self.data_shape[0] * ppp, *self.data_shape[1:])
+
+    def mean(self, z: torch.Tensor) -> torch.Tensor:
+        """The likelihood's mean in the data's units and shape, ``(..., *data_shape)``, for latents ``(..., D)``."""
+        return self.likelihood.mean(self.decoder(z)).reshape(*z.shape[:-1], *self.data_shape)
 
     def forward(self, x: torch.Tensor, k: int = 1, generator: Optional[torch.Generator] = None,
                 ) -> tuple[Draw, torch.Tensor]:
-        """Encode, draw ``k`` latents per image, decode.
+        """Encode, draw ``k`` latents per example, decode.
 
         Returns:
-            the :class:`Draw` and the logits, shape ``(N, K, 784)``.
+            the :class:`Draw` and the likelihood's parameters, flat, shape ``(N, K, P * params_per_pixel)``.
         """
         q = self.q(x)
         eps, z = q.rsample(k, generator)
-        return Draw(q, eps, z), self.decode(z)
+        return Draw(q, eps, z), self.decoder(z)
 
     @torch.no_grad()
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Pixel probabilities ``(n, 784)`` of images decoded from the prior N(0, I)."""
+        """The means ``(n, *data_shape)`` of ``n`` examples decoded from the prior N(0, I) (MNIST: pixel probabilities)."""
         device = next(self.parameters()).device
         z = torch.randn(n, self.latent_dim, device=device, generator=generator)  # (n, D)
-        return self.likelihood.mean(self.decode(z))
+        return self.mean(z)
