@@ -260,11 +260,11 @@ class DiscretizedLogisticLikelihood(Likelihood):
         return mu, log_s.clamp(min=LOG_SCALE_MIN)
 
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """log P(x|z) summed over pixels, float32: ``params (N, K, 2P)``, pixels ``x (N, P)`` in 0..255 -> ``(N, K)``."""
+        """log P(x|z) summed over pixels, float32: ``params (N, K, 2P)``, ``x (N, P)`` in 0..255 -> ``(N, K)``."""
         mu, log_s = self._split(params)  # (N, K, P) each
         v = x.to(mu.dtype).unsqueeze(1)  # (N, 1, P), 0..255
         inv_s = torch.exp(-log_s)
-        centred = v / 127.5 - 1 - mu  # (N, K, P)
+        centred = (v - 127.5) / 127.5 - mu  # (N, K, P), x - mu with x rounded once
         log_cdf_plus = F.logsigmoid((centred + 1 / 255) * inv_s)  # log sigma(a)
         log_sf_min = F.logsigmoid((1 / 255 - centred) * inv_s)  # log(1 - sigma(b)) = log sigma(-b)
         width = (2 / 255 * inv_s).clamp(min=torch.finfo(mu.dtype).tiny)  # a - b, floored only for log s > ~83
