@@ -1,19 +1,41 @@
-r"""The likelihood :math:`p(x|z)`, an object owned by the decoder.
+r"""The likelihood :math:`p(x|z)`, a module owned by the decoder (its state: ``decoder.likelihood.*``).
 
-The decoder maps a latent to the *parameters* of a distribution over images;
-the likelihood turns them into log-densities, means and samples. A second
-likelihood (a discretized logistic, a Gaussian) is one new class with the
-same three methods, and a decoder head of the size it names.
+The decoder maps a latent to the *parameters* of a distribution over data; the
+likelihood turns them into log-densities, means and samples, and says how data
+enter the encoder. Each one has the same methods (:class:`Likelihood`):
+
+- ``name``, ``params_per_pixel``: its choice name, and the decoder's outputs per data dimension;
+- ``prepare(x)``: the encoder's input, from data in their own units;
+- ``log_prob(params, x)``: :math:`\log p(x|z)` summed over dimensions, *in the data's own units*, float32;
+- ``mean(params)``, ``sample(params, generator)``: in the data's units;
+- ``check(x, where)``: :class:`~vae.errors.ArgumentError` if it cannot fit the data.
+
+All the maths runs in at least float32, under autocast too (the decoder's outputs
+go through :func:`~vae.cholesky.at_least_float32` first). The three:
+``bernoulli`` (binary or [0, 1] pixels), ``gaussian`` (continuous columns,
+standardized by the training split, a learned variance per dimension) and
+``logistic`` (8-bit pixels, the discretized logistic of PixelCNN++).
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
+from vae.choices import check_choice
 from vae.cholesky import at_least_float32
+from vae.errors import ArgumentError
 
-__all__ = ["BernoulliLikelihood", "bernoulli_log_prob"]
+__all__ = [
+    "Likelihood", "BernoulliLikelihood", "GaussianLikelihood", "DiscretizedLogisticLikelihood", "LIKELIHOODS",
+    "make_likelihood", "bernoulli_log_prob", "LOG_SIGMA_MIN", "LOG_SCALE_MIN",
+]
+
+LOG_SIGMA_MIN = math.log(1e-3)  # the Gaussian's floor on log sigma, in standardized units
+LOG_SCALE_MIN = -7.0  # the discretized logistic's floor on log s (PixelCNN++'s), in [-1, 1] units
 
 
 class _BernoulliLogProb(torch.autograd.Function):
@@ -50,26 +72,242 @@ def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return _BernoulliLogProb.apply(logits, x.to(logits.dtype).unsqueeze(1))
 
 
-class BernoulliLikelihood:
-    r"""Independent pixels, :math:`p(x|z) = \prod_i \mathrm{Bernoulli}(x_i; \sigma(\ell_i))`, from logits :math:`\ell`.
+def _float_dtype(x: torch.Tensor) -> torch.dtype:
+    """float64 for float64 data, else float32 (integer, bool, bf16 and fp16 data)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    return x.to(_float_dtype(x))
+
+
+def _span(x: torch.Tensor) -> str:
+    low, high = torch.aminmax(_as_float(x))
+    return f"values from {low.item():.4g} to {high.item():.4g}"
+
+
+class Likelihood(nn.Module):
+    """The interface: a likelihood for data of ``dim`` dimensions (``None``: any).
 
     Attributes:
-        params_per_pixel: decoder outputs per pixel (1: the logit).
+        name: its choice name; params_per_pixel: the decoder's outputs per data dimension.
     """
 
-    params_per_pixel = 1
+    name: str = ""
+    params_per_pixel: int = 1
 
-    def log_prob(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """log p(x|z) summed over pixels, in float32: logits ``(N, K, P)``, images ``(N, P)`` -> ``(N, K)``.
+    def __init__(self, dim: Optional[int] = None):
+        super().__init__()
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
+            raise ArgumentError("dim", f"must be a positive integer, got {dim!r}")
+        self.dim = dim
 
-        ``x`` may hold intensities in [0, 1] (the cross-entropy, as with ``--binarize none``).
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's input from data ``x`` in their own units: at least float32, the shape of ``x``."""
+        return _as_float(x)
+
+    def _refuse(self, where: str, why: str) -> ArgumentError:
+        return ArgumentError("likelihood", f"={self.name} cannot fit {where}: {why}")
+
+
+class BernoulliLikelihood(Likelihood):
+    r"""Independent pixels, :math:`p(x|z) = \prod_i \mathrm{Bernoulli}(x_i; \sigma(\ell_i))`, from logits :math:`\ell`.
+
+    No parameters or buffers: a model's state dict has no ``decoder.likelihood`` entry.
+    ``x`` may hold intensities in [0, 1] (the cross-entropy, as with ``--binarize none``).
+    """
+
+    name, params_per_pixel = "bernoulli", 1
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` itself when floating (bit for bit what the encoder always saw), else ``x`` in float32."""
+        return x if x.is_floating_point() else x.float()
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) summed over pixels, float32: logits ``(N, K, P)``, ``x (N, P)`` -> ``(N, K)``."""
+        return bernoulli_log_prob(params, x)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """Pixel probabilities, float32, the shape of the logits."""
+        return torch.sigmoid(at_least_float32(params))
+
+    def sample(self, params: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Binary images (0./1.) drawn from the pixels' Bernoullis, the shape of the logits."""
+        return torch.bernoulli(self.mean(params), generator=generator)
+
+    def check(self, x: torch.Tensor, where: str) -> None:
+        """Refuse values outside [0, 1] (or NaN)."""
+        if x.numel() and x.dtype != torch.bool:
+            low, high = torch.aminmax(x)
+            if not (low >= 0 and high <= 1):  # False for NaN too
+                hint = "; 0-255 pixels: divide by 255, or use `likelihood` logistic" if high > 1 else ""
+                raise self._refuse(where, f"{_span(x)}, outside [0, 1]{hint}")
+
+
+class GaussianLikelihood(Likelihood):
+    r"""Continuous data, each dimension :math:`x_j = \text{shift}_j + \text{scale}_j\, y_j` with
+    :math:`y_j \sim \mathcal N(\mu_j, \sigma_j^2)`: the decoder emits the standardized means :math:`\mu`.
+
+    The shift and scale (buffers ``shift``, ``scale``, shape ``(P,)``, saved) standardize each
+    column by the training split's mean and standard deviation (:meth:`fit_standardization`).
+    The noise :math:`\sigma_j = e^{\texttt{log\_sigma}_j}` is one learned parameter per dimension
+    (standardized units, starting at 1), floored at :data:`LOG_SIGMA_MIN` (:math:`10^{-3}`) in the density.
+    A variance the decoder emitted per example would let the likelihood grow without bound on
+    continuous data as :math:`\sigma \to 0` at a training point (Mattei & Frellsen 2018); one per
+    dimension is bounded below by the model's reconstruction error, trains stably, and tied over
+    dimensions is probabilistic PCA's noise model. Per-example variances are a later option.
+
+    Args:
+        dim: P, the number of columns.
+    """
+
+    name, params_per_pixel = "gaussian", 1
+
+    def __init__(self, dim: int):
+        super().__init__(dim)
+        if dim is None:
+            raise ArgumentError("dim", "must be a positive integer, got None")
+        self.register_buffer("shift", torch.zeros(dim))  # (P,)
+        self.register_buffer("scale", torch.ones(dim))  # (P,)
+        self.log_sigma = nn.Parameter(torch.zeros(dim))  # (P,)
+
+    @torch.no_grad()
+    def fit_standardization(self, x_train: torch.Tensor, where: str = "x_train") -> None:
+        """Set ``shift`` and ``scale`` to each column's mean and standard deviation over ``x_train (N, P)``.
+
+        A constant column gets scale 1. Raises :class:`~vae.errors.ArgumentError` for a non-finite value.
         """
-        return bernoulli_log_prob(logits, x)
+        if x_train.dim() != 2 or x_train.shape[1] != self.dim or not len(x_train):
+            raise self._refuse(where, f"shape {tuple(x_train.shape)}, expected (N, {self.dim}) with N >= 1")
+        self.check(x_train, where)
+        x = x_train.double()  # (N, P)
+        std = x.std(0, correction=0)  # (P,)
+        constant = (x.amax(0) == x.amin(0)) | (std < torch.finfo(self.scale.dtype).tiny)
+        self.shift.copy_(x.mean(0))
+        self.scale.copy_(torch.where(constant, 1.0, std))
 
-    def mean(self, logits: torch.Tensor) -> torch.Tensor:
-        """Pixel probabilities, float32, the shape of ``logits``."""
-        return torch.sigmoid(at_least_float32(logits))
+    def _standardize(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return (x.to(dtype) - self.shift.to(dtype)) / self.scale.to(dtype)
 
-    def sample(self, logits: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Binary images drawn from the pixels' Bernoullis, the shape of ``logits``."""
-        return torch.bernoulli(self.mean(logits), generator=generator)
+    def _log_sigma(self, dtype: torch.dtype) -> torch.Tensor:
+        return self.log_sigma.to(dtype).clamp(min=LOG_SIGMA_MIN)  # (P,)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """The standardized ``(x - shift) / scale``, at least float32."""
+        return self._standardize(x, _float_dtype(x))
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        r"""log-density of the raw numbers ``x (N, P)`` under means ``params (N, K, P)`` -> ``(N, K)``, float32.
+
+        The standardized data's Normal log-density minus :math:`\sum_j \log \text{scale}_j`, the
+        standardization's log-Jacobian: a column in other units changes it by its log-factor only.
+        """
+        mu = at_least_float32(params)  # (N, K, P)
+        log_sigma = self._log_sigma(mu.dtype)  # (P,)
+        u = (self._standardize(x, mu.dtype).unsqueeze(1) - mu) * torch.exp(-log_sigma)  # (N, K, P)
+        norm = (log_sigma + torch.log(self.scale.to(mu.dtype))).sum() + 0.5 * mu.shape[-1] * math.log(2 * math.pi)
+        return -0.5 * u.square().sum(-1) - norm
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """The means in raw units, ``params * scale + shift``, float32, the shape of ``params``."""
+        mu = at_least_float32(params)
+        return mu * self.scale.to(mu.dtype) + self.shift.to(mu.dtype)
+
+    def sample(self, params: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """A draw in raw units, the shape of ``params``."""
+        mu = at_least_float32(params)
+        noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return self.mean(mu + torch.exp(self._log_sigma(mu.dtype)) * noise)
+
+    def check(self, x: torch.Tensor, where: str) -> None:
+        """Refuse a NaN or infinite value, naming its first column."""
+        bad = ~torch.isfinite(x.reshape(-1, x.shape[-1]))  # (N, P)
+        if bad.any():
+            column = int(bad.any(0).nonzero()[0])
+            raise self._refuse(where, f"column {column} holds a NaN or infinite value")
+
+
+class DiscretizedLogisticLikelihood(Likelihood):
+    r"""8-bit pixels, the discretized logistic of PixelCNN++ (Salimans et al. 2017) and IAF (Kingma et al. 2016).
+
+    A pixel :math:`v \in \{0, \dots, 255\}` is rescaled to :math:`x = v/127.5 - 1 \in [-1, 1]`, its bin
+    :math:`[x - 1/255, x + 1/255]`; the decoder emits a mean :math:`\mu` and a log-scale :math:`\log s`
+    per pixel (``params.chunk(2, -1)``: the first P outputs are means, the next P log-scales), with
+    :math:`\log s` clamped at :data:`LOG_SCALE_MIN` as PixelCNN++ does. With :math:`\sigma` the logistic CDF,
+
+    .. math::
+        P(v) = \sigma\big(\tfrac{x + 1/255 - \mu}{s}\big) - \sigma\big(\tfrac{x - 1/255 - \mu}{s}\big),
+
+    and the edge bins take the tails: :math:`v = 0` has no lower term, :math:`v = 255` no upper one
+    (its :math:`1 - \sigma(\cdot)`). Interior bins are computed in log space as
+    :math:`\log\sigma(a) + \log\sigma(-b) + \log(1 - e^{-(a-b)})`, the identity
+    :math:`\sigma(a) - \sigma(b) = \sigma(a)\,\sigma(-b)\,(1 - e^{b-a})`: no difference of CDFs
+    ever cancels, so PixelCNN++'s fallback to the density at the bin centre (off by up to
+    2 nats at :math:`s = e^{-7}`, where a bin is 8.6 s wide) is never needed.
+
+    :meth:`log_prob` is the log-probability *mass* of the 8-bit values, in nats per image;
+    bits per dimension are ``-log_prob / (P * ln 2)``.
+    """
+
+    name, params_per_pixel = "logistic", 2
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """8-bit values 0..255 (uint8 or float) to ``x / 127.5 - 1`` in [-1, 1], at least float32."""
+        return _as_float(x) / 127.5 - 1
+
+    def _split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, log_s = at_least_float32(params).chunk(2, -1)  # (..., P) each
+        return mu, log_s.clamp(min=LOG_SCALE_MIN)
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log P(x|z) summed over pixels, float32: ``params (N, K, 2P)``, ``x (N, P)`` in 0..255 -> ``(N, K)``."""
+        mu, log_s = self._split(params)  # (N, K, P) each
+        v = x.to(mu.dtype).unsqueeze(1)  # (N, 1, P), 0..255
+        inv_s = torch.exp(-log_s)
+        centred = (v - 127.5) / 127.5 - mu  # (N, K, P), x - mu with x rounded once
+        log_cdf_plus = F.logsigmoid((centred + 1 / 255) * inv_s)  # log sigma(a)
+        log_sf_min = F.logsigmoid((1 / 255 - centred) * inv_s)  # log(1 - sigma(b)) = log sigma(-b)
+        width = (2 / 255 * inv_s).clamp(min=torch.finfo(mu.dtype).tiny)  # a - b, floored only for log s > ~83
+        interior = log_cdf_plus + log_sf_min + torch.log(-torch.expm1(-width))
+        log_p = torch.where(v <= 0, log_cdf_plus, torch.where(v >= 255, log_sf_min, interior))
+        return log_p.sum(-1)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """``(mu + 1) * 127.5`` clamped to [0, 255], float32, shape ``params.shape[:-1] + (P,)``.
+
+        The continuous logistic's mean, not the 8-bit values' expectation: the two differ only
+        within a few ``s`` of the range's ends, where the clamp piles the tails.
+        """
+        mu, _ = self._split(params)
+        return ((mu + 1) * 127.5).clamp(0, 255)
+
+    def sample(self, params: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """8-bit values (integers 0..255, as float32), shape ``params.shape[:-1] + (P,)``."""
+        mu, log_s = self._split(params)
+        u = torch.rand(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        u = u.clamp(1e-6, 1 - 1e-6)
+        y = mu + torch.exp(log_s) * (torch.log(u) - torch.log1p(-u))  # a logistic draw, [-1, 1] units
+        return ((y + 1) * 127.5).round().clamp(0, 255)
+
+    def check(self, x: torch.Tensor, where: str) -> None:
+        """Refuse anything but 8-bit values: fractions, NaN, negatives, over 255."""
+        if not x.numel() or x.dtype in (torch.uint8, torch.bool):
+            return
+        low, high = torch.aminmax(x)
+        fractions = x.is_floating_point() and bool((x != x.round()).any())  # NaN too
+        if fractions or not (low >= 0 and high <= 255):
+            hint = "; intensities in [0, 1]: multiply by 255 and round" if high <= 1 else ""
+            why = "non-integer " if fractions else ""
+            raise self._refuse(where, f"{why}{_span(x)}, not 8-bit integers 0 to 255{hint}")
+
+
+LIKELIHOODS: dict[str, type[Likelihood]] = {
+    "bernoulli": BernoulliLikelihood, "gaussian": GaussianLikelihood, "logistic": DiscretizedLogisticLikelihood,
+}
+"""Likelihood name -> its class."""
+
+
+def make_likelihood(name: str, dim: int) -> Likelihood:
+    """The likelihood ``name`` (a key of :data:`LIKELIHOODS`) for data of ``dim`` dimensions."""
+    check_choice("likelihood", name, tuple(LIKELIHOODS))
+    return LIKELIHOODS[name](dim)
