@@ -24,8 +24,10 @@ CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 
 def test_on_cuda_eager_and_compiled_steps_binarize_from_the_same_global_generator(monkeypatch):
     # so a resume that turns --compile on or off keeps the run's stream
-    assert binarizes_from_global(CUDA, "dynamic") and not binarizes_from_global(CPU, "dynamic")
-    assert not binarizes_from_global(CUDA, "none")
+    dynamic, none = TrainConfig(binarize="dynamic"), TrainConfig(binarize="none")
+    assert binarizes_from_global(CUDA, dynamic) and not binarizes_from_global(CPU, dynamic)
+    assert not binarizes_from_global(CUDA, none)
+    assert not binarizes_from_global(CUDA, TrainConfig(binarize="dynamic", likelihood="logistic"))
     config = TrainConfig(latent_dim=3, hidden=(16,))
     model = build_model(config)
     drawn = []

@@ -53,7 +53,7 @@ def fit(data: Union[torch.Tensor, np.ndarray, str, Path], log: Callable[[str], A
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(knobs) - names - {"dataset"})
     if unknown:
-        raise ArgumentError(unknown[0], f"is not a knob of TrainConfig (see python train.py --help)")
+        raise ArgumentError(unknown[0], "is not a knob of TrainConfig (see python train.py --help)")
     if "dataset" in knobs:
         raise ArgumentError("dataset", ": pass the data as fit's first argument")
     knobs.setdefault("progress", False)

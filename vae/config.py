@@ -89,6 +89,9 @@ class TrainConfig:
     likelihood: str = _knob("auto", "p(x|z): bernoulli, gaussian (learned variance per dimension, on "
                                     "standardized columns) or logistic (discretized, 8-bit); auto: from the "
                                     "kind of data", LIKELIHOOD_CHOICES)
+    data_shape: typing.Optional[typing.Tuple[int, ...]] = _knob(
+        None, "one example's shape, (C, H, W) or (F,): recorded when a run starts (not a flag); None: (1, 28, 28)",
+        flag=False)
     limit: typing.Optional[int] = _knob(None, "use only the first N training images")
     binarize: str = _knob("dynamic", "bernoulli likelihood: fresh Bernoulli pixels every batch, or raw intensities",
                           BINARIZATIONS)
@@ -153,6 +156,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.hidden, (list, tuple)) and all(_is_int(h) for h in self.hidden):
             self.hidden = tuple(self.hidden)  # a stored list, or the flag's; anything else fails validate()
+        if isinstance(self.data_shape, list) and all(_is_int(n) for n in self.data_shape):
+            self.data_shape = tuple(self.data_shape)
 
     def validate(self) -> None:
         """Raise :class:`~vae.errors.ArgumentError` (a ``ValueError``) with a one-line message for any impossible value."""
@@ -198,6 +203,9 @@ class TrainConfig:
         for name in ("data_dir", "init_from", "out_dir"):
             if getattr(self, name) is not None:
                 check_path(name, getattr(self, name))
+        if self.data_shape is not None and (not isinstance(self.data_shape, tuple) or len(self.data_shape) not in (1, 3)
+                                            or not all(_is_int(n) and n >= 1 for n in self.data_shape)):
+            raise ArgumentError("data_shape", f"must be (C, H, W) or (F,) of positive sizes, got {self.data_shape!r}")
         if not isinstance(self.hidden, tuple) or not self.hidden or any(h < 1 for h in self.hidden):
             shown = list(self.hidden) if isinstance(self.hidden, tuple) else self.hidden
             raise ArgumentError("hidden", f"must list positive widths, got {shown!r}")
@@ -209,6 +217,12 @@ class TrainConfig:
         if self.posterior == "lowrank" and self.rank > self.latent_dim:
             raise ArgumentError("rank", f"must be at most latent_dim ({self.latent_dim}), got {self.rank}")
         check_estimator(self.objective, self.k, self.estimator)
+
+    @property
+    def binarizes(self) -> bool:
+        """Whether each batch is drawn binary: ``binarize dynamic`` under a likelihood of binary data (the
+        Bernoulli; ``auto`` in a config stored before runs recorded their likelihood, an MNIST run's)."""
+        return self.binarize == "dynamic" and self.likelihood in ("auto", "bernoulli")
 
     @property
     def name(self) -> str:
@@ -254,6 +268,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls=TrainConfig, with_defau
     """
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if f.metadata.get("flag") is False:  # a fact a run records, not a choice
+            continue
         option = flag(f.name)
         kind = hints[f.name]
         meta = f.metadata
@@ -280,7 +296,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls=TrainConfig, with_defau
 
 def config_from_args(args: argparse.Namespace, cls=TrainConfig):
     """Build ``cls`` from the parsed flags."""
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
 
 
 def config_from_dict(values: dict, cls=TrainConfig):

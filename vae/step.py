@@ -36,25 +36,29 @@ of the device's memory, from an estimate of what this step holds
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional
 
 import torch
 
 from vae.config import TrainConfig
-from vae.data import IMAGE_PIXELS, binarize
+from vae.data import binarize
 from vae.devices import device_memory
 from vae.errors import ArgumentError
 from vae.model import FAMILIES, VAE
+from vae.model.likelihood import LIKELIHOODS
 from vae.model.objectives import training_loss
+from vae.run.checkpoint import model_fields
 from vae.run.distributed import Ranks, current
 
 __all__ = ["TrainStep", "compile_options", "binarizes_from_global", "STEP_MEMORY_FRACTION", "step_memory_bytes",
            "check_step_memory"]
 
 
-def binarizes_from_global(device: torch.device, binarization: str) -> bool:
-    """Whether a step on ``device`` draws its dynamic binarization from the global RNG, compiled or not (CUDA)."""
-    return device.type == "cuda" and binarization == "dynamic"
+def binarizes_from_global(device: torch.device, config: TrainConfig) -> bool:
+    """Whether a step of ``config`` on ``device`` draws its dynamic binarization from the global RNG, compiled or
+    not (CUDA)."""
+    return device.type == "cuda" and config.binarizes
 
 
 def compile_options(device: torch.device) -> dict:
@@ -82,7 +86,7 @@ class TrainStep:
         self.ranks = current() if ranks is None else ranks
         self.step_model = model if step_model is None else step_model
         self.compiled = config.compile
-        self._binarize_global = binarizes_from_global(device, config.binarize)
+        self._binarize_global = binarizes_from_global(device, config)
         self._binarize_in_graph = self.compiled and self._binarize_global  # CUDA graphs replay the global generator
         self._cuda_graphs = self.compiled and device.type == "cuda"
         self._loss, self._update = self._loss_eager, self._update_eager
@@ -123,7 +127,7 @@ class TrainStep:
         """
         batch_rows = images.shape[0] if batch_rows is None else batch_rows
         x = images  # (b, 784)
-        if self.config.binarize == "dynamic" and not self._binarize_in_graph:
+        if self.config.binarizes and not self._binarize_in_graph:
             # outside a compiled graph: Dynamo cannot trace a generator
             x = binarize(images, None if self._binarize_global else generator)
         if not self.compiled:
@@ -172,19 +176,23 @@ def _step_memory_parts(config) -> tuple[int, int]:
     the scale head's ``hidden[-1] x head`` included (head: D(D+1)/2 raw entries for the full family,
     D for the diagonal, D(R+1) for the low-rank). Per image: the encoder's activations and their
     gradients, the raw head, and 4 copies of the family's factor (the full family's (D, D) L, its
-    gradient and the triangular solves' temporaries); and per draw (``k`` of them) float32 logits,
-    their loss terms and gradients (3 x 784 values) and the decoder's activations and gradients
-    (2 x the hidden widths): measured peaks on the CPU were 2,374 to 3,449 floats per draw for hidden
-    16 to 500-500, against 2,390 to 4,544 here. The test set is not counted.
+    gradient and the triangular solves' temporaries); and per draw (``k`` of them) the likelihood's
+    float32 parameters, their loss terms and gradients (3 values per output; a two-parameter likelihood
+    has twice the outputs) and the decoder's activations and gradients (2 x the hidden widths):
+    measured peaks on the CPU were 2,374 to 3,449 floats per draw for MNIST and hidden 16 to 500-500,
+    against 2,390 to 4,544 here. The test set is not counted.
     """
+    model = model_fields(config)
     dim, hidden, rank = config.latent_dim, tuple(config.hidden), config.rank
     family = FAMILIES[config.posterior]  # each family sizes its own raw head and factor
     head, factor = family.head_size(dim, rank), family.factor_size(dim, rank)
-    encoder = (IMAGE_PIXELS, *hidden)
-    decoder = (dim, *reversed(hidden), IMAGE_PIXELS)
+    inputs = math.prod(model["data_shape"])
+    outputs = inputs * LIKELIHOODS[model["likelihood"]].params_per_pixel
+    encoder = (inputs, *hidden)
+    decoder = (dim, *reversed(hidden), outputs)
     params = sum((a + 1) * b for a, b in zip(encoder, encoder[1:])) + (hidden[-1] + 1) * (dim + head)
     params += sum((a + 1) * b for a, b in zip(decoder, decoder[1:]))
-    per_draw = 3 * IMAGE_PIXELS + 2 * sum(hidden) + 3 * dim
+    per_draw = 3 * outputs + 2 * sum(hidden) + 3 * dim
     per_image = 2 * (2 * sum(hidden) + dim + head) + 4 * factor + config.k * per_draw
     return 4 * 4 * params, 4 * per_image
 

@@ -18,12 +18,14 @@ from typing import Any, Iterable, Optional
 
 import torch
 
-from vae.errors import ArgumentError
+from vae.choices import LIKELIHOOD_OF_KIND
 from vae.config import TrainConfig
-from vae.data import ImageSplit, evaluation_images, load_split
+from vae.data import Dataset, ImageSplit, evaluation_images, load_dataset
+from vae.errors import ArgumentError
 from vae.devices import check_amp, resolve_device, set_threads
 from vae.epoch import epoch_row, evaluate, train_epoch
 from vae.model import VAE
+from vae.model.likelihood import make_likelihood
 from vae.run.agreement import Agreement, StopVote
 from vae.run.checkpoint import build_model, load_initial_weights, load_weights
 from vae.run.distributed import Ranks, current, rank_seed
@@ -36,7 +38,6 @@ from vae.step import TrainStep, check_step_memory
 __all__ = ["DATA_SEED_OFFSET", "make_optimizer", "make_generators", "init_output_bias", "check_batch_split", "train", "run_training"]
 
 DATA_SEED_OFFSET = 0x5EED  # the data generator's seed is the run's seed plus this
-PIXEL_MEAN_CLAMP = 1e-3  # the output bias's mean intensities are clamped to [c, 1 - c]: finite logits
 
 
 def make_optimizer(model: VAE, config: TrainConfig, device: torch.device) -> torch.optim.Adam:
@@ -52,14 +53,13 @@ def make_optimizer(model: VAE, config: TrainConfig, device: torch.device) -> tor
 
 
 @torch.no_grad()
-def init_output_bias(model: VAE, images: torch.Tensor) -> None:
-    """Start the decoder's output bias at the logit of each pixel's mean training intensity.
+def init_output_bias(model: VAE, x: torch.Tensor) -> None:
+    """Start the decoder's output at the training data's mean, as its likelihood defines it.
 
     Args:
-        model: the VAE; images: the training images ``(N, 784)`` in [0, 1].
+        model: the VAE; x: the training split ``(N, P)`` in the data's own units.
     """
-    mean = images.mean(0).clamp(PIXEL_MEAN_CLAMP, 1 - PIXEL_MEAN_CLAMP)  # (784,)
-    model.decoder.head.bias.copy_(torch.logit(mean).to(model.decoder.head.bias))
+    model.likelihood.init_bias(model.decoder.head.bias, x)
 
 
 def train(config: TrainConfig, log=print, explicit: Optional[Iterable[str]] = None) -> Path:
@@ -153,15 +153,18 @@ def _start(folder: RunFolder, log, ranks: Ranks) -> _Run:
     with Agreement(ranks):
         check_batch_split(config.batch_size, ranks.world_size)
         device = ranks.device(resolve_device(config.device))
-        per_process = dataclasses.replace(config, batch_size=config.batch_size // ranks.world_size)
-        check_step_memory(per_process if device.type == "cuda" else config, device)  # before the data
         precision = check_amp(device, config.amp)
         log(set_threads(config.threads))
         log(precision)
-        initial = load_initial_weights(config) if config.init_from and not config.resume else None  # before the data
-        data = _load_data(config, device) if ranks.is_main else None
+        dataset = _load_data(config, device) if ranks.is_main else None
     with Agreement(ranks):
-        train_data, test_x = data or _load_data(config, device)
+        dataset = dataset or _load_data(config, device)
+        config = folder.config = resolve_data(config, dataset)  # what `auto` picked, now part of the run
+        log(dataset.describe(config.likelihood))
+        per_process = dataclasses.replace(config, batch_size=config.batch_size // ranks.world_size)
+        check_step_memory(per_process if device.type == "cuda" else config, device)
+        initial = load_initial_weights(config) if config.init_from and not config.resume else None
+        train_data, test_x = _splits(config, dataset)
         model, data_gen, noise_gen = _build_model(config, train_data, initial, device, ranks)
         optimizer = make_optimizer(model, config, device)
         folder.open()
@@ -188,12 +191,41 @@ def check_batch_split(batch_size: int, world_size: int) -> None:
                                           f"pass a multiple of {world_size}")
 
 
-def _load_data(config: TrainConfig, device: torch.device) -> tuple[ImageSplit, torch.Tensor]:
-    """The training split and the evaluation images, on ``device``."""
-    train_data = load_split(config.dataset, config.data_dir, True, config.limit, device)
-    test_x = evaluation_images(load_split(config.dataset, config.data_dir, False, None, device).images,
-                               config.binarize)
-    return train_data, test_x
+def _load_data(config: TrainConfig, device: torch.device) -> Dataset:
+    """The run's dataset on ``device``: its splits as the run defines them (kind, held-out share, limit)."""
+    return load_dataset(config.dataset, config.data_dir, kind=config.data_kind, test_fraction=config.test_fraction,
+                        limit=config.limit, device=device)
+
+
+def resolve_data(config: TrainConfig, dataset: Dataset) -> TrainConfig:
+    """``config`` with the kind, shape and likelihood of ``dataset`` (what ``auto`` picks), once sure they fit.
+
+    ``likelihood auto`` picks from the kind of data (:data:`vae.choices.LIKELIHOOD_OF_KIND`); dynamic
+    binarization belongs to the Bernoulli likelihood alone (:attr:`vae.config.TrainConfig.binarizes`). A resumed run's recorded shape must be the
+    data's.
+
+    Raises:
+        vae.errors.ArgumentError: a likelihood that cannot fit the data, or data of another shape than the
+            run was trained on.
+    """
+    if config.data_shape is not None and tuple(config.data_shape) != dataset.shape:
+        raise ArgumentError("dataset", f": {config.dataset} holds examples of shape {dataset.shape}; the run was "
+                                       f"trained on {tuple(config.data_shape)}")
+    likelihood = LIKELIHOOD_OF_KIND[dataset.kind] if config.likelihood == "auto" else config.likelihood
+    check = make_likelihood(likelihood, math.prod(dataset.shape)).check
+    for name, split in (("train", dataset.train), ("test", dataset.test)):
+        check(split.data, f"{config.dataset} ({name} split, {dataset.kind})")
+    return dataclasses.replace(config, data_kind=dataset.kind, data_shape=dataset.shape, likelihood=likelihood)
+
+
+def _splits(config: TrainConfig, dataset: Dataset) -> tuple[ImageSplit, torch.Tensor]:
+    """The training split flattened to rows ``(N, P)`` (the hot path's layout) and the evaluation rows.
+
+    The evaluation rows are the test split, in the fixed binarization under ``binarize dynamic``.
+    """
+    train = ImageSplit(images=dataset.train.data.reshape(len(dataset.train), -1), labels=dataset.train.labels)
+    test = dataset.test.data.reshape(len(dataset.test), -1)  # (N, P)
+    return train, evaluation_images(test, "dynamic" if config.binarizes else "none")
 
 
 def _build_model(config: TrainConfig, train_data: ImageSplit, initial: Optional[dict], device: torch.device,
@@ -205,8 +237,10 @@ def _build_model(config: TrainConfig, train_data: ImageSplit, initial: Optional[
     torch.manual_seed(config.seed)
     data_gen, noise_gen = make_generators(config, device, ranks)
     model = build_model(config)
-    if config.output_bias == "mean" and initial is None and not config.resume:  # else the weights are loaded
-        init_output_bias(model, train_data.images)
+    if initial is None and not config.resume:  # else the weights, standardization included, are loaded
+        model.likelihood.fit_data(train_data.images)  # a Gaussian's standardization
+        if config.output_bias == "mean":
+            init_output_bias(model, train_data.images)
     if initial is not None:
         load_weights(model, initial, config.init_from)
     if ranks.distributed:

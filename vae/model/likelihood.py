@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vae.choices import check_choice
+from vae.choices import LIKELIHOODS as LIKELIHOOD_CLASSES, check_choice
 from vae.cholesky import at_least_float32
 from vae.errors import ArgumentError
 
@@ -86,6 +86,9 @@ def _span(x: torch.Tensor) -> str:
     return f"values from {low.item():.4g} to {high.item():.4g}"
 
 
+PIXEL_MEAN_CLAMP = 1e-3  # the Bernoulli's initial output bias: mean intensities clamped to [c, 1 - c]
+
+
 class Likelihood(nn.Module):
     """The interface: a likelihood for data of ``dim`` dimensions (``None``: any).
 
@@ -106,6 +109,18 @@ class Likelihood(nn.Module):
         """The encoder's input from data ``x`` in their own units: at least float32, the shape of ``x``."""
         return _as_float(x)
 
+    def fit_data(self, x_train: torch.Tensor) -> None:
+        """Learn from the training split ``(N, P)`` what the likelihood needs before training (nothing, here)."""
+
+    @torch.no_grad()
+    def init_bias(self, bias: torch.Tensor, x_train: torch.Tensor) -> None:
+        """Start the decoder's output ``bias (P * params_per_pixel,)`` at the training data's mean, in place.
+
+        ``x_train``: ``(N, P)`` in the data's own units. The base class starts the means at the mean of
+        :meth:`prepare`'s values and leaves any other parameter's bias as it is.
+        """
+        bias[: x_train.shape[1]] = self.prepare(x_train).mean(0).to(bias)
+
     def _refuse(self, where: str, why: str) -> ArgumentError:
         return ArgumentError("likelihood", f"={self.name} cannot fit {where}: {why}")
 
@@ -122,6 +137,12 @@ class BernoulliLikelihood(Likelihood):
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` itself when floating (bit for bit what the encoder always saw), else ``x`` in float32."""
         return x if x.is_floating_point() else x.float()
+
+    @torch.no_grad()
+    def init_bias(self, bias: torch.Tensor, x_train: torch.Tensor) -> None:
+        """Start the logits at the logit of each pixel's mean intensity, clamped to [c, 1 - c] (finite logits)."""
+        mean = self.prepare(x_train).mean(0).clamp(PIXEL_MEAN_CLAMP, 1 - PIXEL_MEAN_CLAMP)  # (P,)
+        bias.copy_(torch.logit(mean).to(bias))
 
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """log p(x|z) summed over pixels, float32: logits ``(N, K, P)``, ``x (N, P)`` -> ``(N, K)``."""
@@ -185,6 +206,10 @@ class GaussianLikelihood(Likelihood):
         constant = (x.amax(0) == x.amin(0)) | (std < torch.finfo(self.scale.dtype).tiny)
         self.shift.copy_(x.mean(0))
         self.scale.copy_(torch.where(constant, 1.0, std))
+
+    def fit_data(self, x_train: torch.Tensor) -> None:
+        """The standardization of the training split (:meth:`fit_standardization`)."""
+        self.fit_standardization(x_train, "the training split")
 
     def _standardize(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return (x.to(dtype) - self.shift.to(dtype)) / self.scale.to(dtype)
@@ -301,13 +326,11 @@ class DiscretizedLogisticLikelihood(Likelihood):
             raise self._refuse(where, f"{why}{_span(x)}, not 8-bit integers 0 to 255{hint}")
 
 
-LIKELIHOODS: dict[str, type[Likelihood]] = {
-    "bernoulli": BernoulliLikelihood, "gaussian": GaussianLikelihood, "logistic": DiscretizedLogisticLikelihood,
-}
-"""Likelihood name -> its class."""
+LIKELIHOODS: dict[str, type[Likelihood]] = {name: globals()[cls] for name, cls in LIKELIHOOD_CLASSES.items()}
+"""Likelihood name -> its class: the registry :data:`vae.choices.LIKELIHOODS`, resolved."""
 
 
 def make_likelihood(name: str, dim: int) -> Likelihood:
     """The likelihood ``name`` (a key of :data:`LIKELIHOODS`) for data of ``dim`` dimensions."""
-    check_choice("likelihood", name, tuple(LIKELIHOODS))
+    check_choice("likelihood", name)
     return LIKELIHOODS[name](dim)

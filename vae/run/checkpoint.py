@@ -141,12 +141,20 @@ def _torch_load(f, path: Path, map_location) -> Any:
         raise CheckpointError(f"{path}: truncated or corrupted checkpoint ({type(err).__name__})") from None
 
 
-MODEL_FIELDS = ("latent_dim", "hidden", "posterior", "diag_transform", "rank")  # the config fields that shape the VAE
+MODEL_FIELDS = ("latent_dim", "hidden", "posterior", "diag_transform", "rank", "data_shape", "likelihood")
+"""The config fields that shape the VAE."""
+MNIST_SHAPE = (1, 28, 28)
+"""The data shape of a config that does not record one: stored before it was recorded, an MNIST run."""
 
 
 def model_fields(config: TrainConfig) -> dict[str, Any]:
-    """The :data:`MODEL_FIELDS` of ``config`` that shape its VAE (``rank`` only for the low-rank family)."""
-    return {name: getattr(config, name) for name in MODEL_FIELDS if name != "rank" or config.posterior == "lowrank"}
+    """The :data:`MODEL_FIELDS` of ``config`` as :class:`~vae.model.VAE` takes them (``rank`` only for the
+    low-rank family). A config stored before runs recorded their data (an MNIST run) has
+    ``data_shape`` :data:`MNIST_SHAPE` and the Bernoulli likelihood."""
+    fields = {name: getattr(config, name) for name in MODEL_FIELDS if name != "rank" or config.posterior == "lowrank"}
+    fields["data_shape"] = config.data_shape or MNIST_SHAPE
+    fields["likelihood"] = "bernoulli" if config.likelihood == "auto" else config.likelihood
+    return fields
 
 
 def build_model(config: TrainConfig) -> VAE:
@@ -175,8 +183,9 @@ def load_initial_weights(config: TrainConfig) -> dict[str, torch.Tensor]:
     except CheckpointError as err:
         raise CheckpointError(f"`init_from` {err}") from None
     stored = config_from_dict(state["config"])
-    differ = [f"`{name}` {getattr(stored, name)} there, {getattr(config, name)} here"
-              for name, value in model_fields(config).items() if getattr(stored, name) != value]
+    theirs = model_fields(stored)
+    differ = [f"`{name}` {theirs[name]} there, {value} here"
+              for name, value in model_fields(config).items() if theirs.get(name) != value]
     if differ:
         raise CheckpointError(f"`init_from` {path}: another model ({'; '.join(differ)})")
     return state["model"]

@@ -47,6 +47,8 @@ METRIC_COLUMNS = (
 RESUMABLE_OVERRIDES = ("epochs", "data_dir", "out_dir", "run_name", "resume", "eval_batch_size", "eval_every", "amp",
                        "compile", "plots", "progress", "grad_clip", "device", "dist_timeout", "threads")
 """The flags a resume may change: none changes the model, the data stream or the steps already taken."""
+UNRESOLVED = {"data_kind": "auto", "likelihood": "auto", "data_shape": None}
+"""The values a run resolves when it starts (from its data); given so, they leave the stored choice as it is."""
 
 
 class RunFolder:
@@ -103,6 +105,8 @@ class RunFolder:
                                           f"{_launch(trained_by)}, or start a new run with `init_from`)")
         given = {f.name for f in dataclasses.fields(TrainConfig)} if explicit is None else set(explicit)
         for name in sorted(given - set(RESUMABLE_OVERRIDES)):
+            if getattr(self.config, name) == UNRESOLVED.get(name, ...):  # auto: the run's choice stands
+                continue
             if getattr(self.config, name) != getattr(stored, name):
                 raise ArgumentError("resume", f": {self.last} was trained with `{name}` {getattr(stored, name)!r}; "
                                               "drop that value or start a new run")
