@@ -118,6 +118,7 @@ class Raw:
             None: inferred from the values.
         pixels: the values are 0..255 intensities, and a float kind means them divided by 255.
         split: how the source split it already (an image folder splits before decoding); None: not yet.
+        arrays: the splits are arrays a file names (a ``.npz``'s ``train`` and ``test``): messages name them.
     """
 
     name: str
@@ -129,3 +130,4 @@ class Raw:
     kind: Optional[str] = None
     pixels: bool = False
     split: Optional[dict] = field(default=None)
+    arrays: bool = False
