@@ -123,9 +123,12 @@ def read_pt(path: Path, name: str, request: Request) -> Raw:
         tensor = torch.load(path, map_location="cpu", weights_only=True)
     except MemoryError:
         raise _too_big(name) from None
-    except pickle.UnpicklingError:
-        raise DataError(f"{name}: holds Python objects that a safe load refuses; save one tensor, "
-                        "torch.save(tensor, path)") from None
+    except pickle.UnpicklingError as err:
+        refusal = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line]  # weights_only's refusal
+        if refusal:
+            raise DataError(f"{name}: holds Python objects that a safe load refuses ({refusal[0]}); save one "
+                            "tensor, torch.save(tensor, path)") from None
+        raise DataError(f"{name}: not a file torch.load can read (not a saved tensor)") from None
     except (RuntimeError, ValueError, OSError, EOFError, AttributeError, ImportError) as err:
         raise DataError(f"{name}: not a file torch.load can read ({first_line(err)})") from None
     if not isinstance(tensor, torch.Tensor):

@@ -18,6 +18,7 @@ to the file list, so only the images kept are decoded.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -32,6 +33,7 @@ from vae.errors import first_line
 __all__ = ["IMAGE_SUFFIXES", "read_folder", "decode"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_DEPRECATED = "The image decoding and encoding capabilities of TorchVision are deprecated"  # torchvision 0.29
 
 
 def _visible(folder: Path) -> list:
@@ -82,7 +84,9 @@ def _test_labels(test_dir: Path, labels: Optional[list], names: Optional[list],
 def decode(path: Path) -> torch.Tensor:
     """One image file as ``(C, H, W)`` uint8, its channels unchanged; :class:`DataError` naming it otherwise."""
     try:
-        image = decode_image(read_file(str(path)), mode=ImageReadMode.UNCHANGED)  # (C, H, W)
+        with warnings.catch_warnings():  # once per image otherwise; the decoders still work
+            warnings.filterwarnings("ignore", _DEPRECATED, DeprecationWarning)
+            image = decode_image(read_file(str(path)), mode=ImageReadMode.UNCHANGED)  # (C, H, W)
     except (RuntimeError, ValueError, OSError) as err:
         raise DataError(f"{path}: cannot decode the image ({first_line(err)})") from None
     if image.dtype != torch.uint8:

@@ -59,7 +59,7 @@ def check_rows(name: str, data: torch.Tensor) -> torch.Tensor:
         raise DataError(f"{name}: no rows (an empty split)")
     if 0 in shape[1:]:
         raise DataError(f"{name}: rows of no values, shape {shape}")
-    if data.dim() == 4 and shape[1] not in (1, 3, 4) and shape[3] in (1, 3, 4):
+    if data.dim() == 4 and shape[1] > 4 and shape[3] <= 4:  # a channel count of 1 to 4 is last
         raise DataError(f"{name}: images {shape} look channels-last (N, H, W, C); store them as (N, C, H, W), "
                         "e.g. array.transpose(0, 3, 1, 2)")
     return data.unsqueeze(1) if data.dim() == 3 else data  # (N, F) or (N, C, H, W)
