@@ -135,6 +135,8 @@ def test_image_folder_with_train_test_and_classes(tmp_path):
     written = image_folder(tmp_path / "imgs", {"train/cat": 3, "train/dog": 2, "train/eel": 1, "test/dog": 2})
     (tmp_path / "imgs" / "train" / "notes.txt").write_text("not an image")
     (tmp_path / "imgs" / "train" / ".hidden").mkdir()
+    hidden = tmp_path / "imgs" / "train" / "cat" / ".ipynb_checkpoints" / "img00.png"
+    png(hidden, torch.zeros(1, 2, 2, dtype=torch.uint8))  # another size: it would be refused if read
     data = load_dataset(str(tmp_path / "imgs"))
     assert (data.shape, data.kind, data.classes, data.split) == ((3, 6, 5), "8bit", 3, {"how": "given"})
     assert data.train.labels.tolist() == [0, 0, 0, 1, 1, 2] and data.test.labels.tolist() == [1, 1]
@@ -181,6 +183,24 @@ def test_cifar10_offline_fixture(tmp_path, monkeypatch, protocol):
     assert data.test.labels.tolist() == written["test_batch"][b"labels"]
     assert data.describe("logistic") == ("data: images 3×32×32, 8-bit, 18 train / 6 test, 10 classes; "
                                          "likelihood logistic")
+
+
+def test_cifar10_batches_pickled_by_python_2_as_the_real_ones(tmp_path):
+    """The real batches are Python 2 pickles: text keys, numpy.core's name, the pixels as a latin-1 string."""
+    written = write_cifar(tmp_path, protocol=2)
+    pixels = written["test_batch"][b"data"]
+    reconstruct, args, state = pixels.__reduce__()
+
+    class Python2Array:
+        def __reduce__(self):
+            return reconstruct, args, (*state[:4], state[4].decode("latin1"))
+
+    blob = pickle.dumps({"data": Python2Array(), "labels": written["test_batch"][b"labels"]}, protocol=2)
+    blob = blob.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+    assert b"cnumpy.core.multiarray\n_reconstruct" in blob
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(blob)
+    data = load_dataset("cifar10", str(tmp_path))
+    assert torch.equal(data.test.data.reshape(6, -1), torch.from_numpy(pixels))
 
 
 def test_mnist_through_load_dataset_is_bit_identical_to_load_split(fake_mnist):
@@ -360,11 +380,12 @@ def test_each_bad_input_is_one_line_naming_the_file_and_writes_nothing(tmp_path,
 
 
 def test_cifar10_bad_batches_and_a_hostile_pickle_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the hostile pickle would write, were it run
     write_cifar(tmp_path)
     batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
     batch.write_bytes(pickle.dumps({b"data": Hostile(), b"labels": []}))
     refused(lambda: load_dataset("cifar10", str(tmp_path)), str(batch), "refused", "system")
-    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+    assert not (tmp_path / "pwned").exists()
     batch.write_bytes(pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}))
     refused(lambda: load_dataset("cifar10", str(tmp_path)), str(batch), "not a CIFAR-10 batch")
     batch.write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}))

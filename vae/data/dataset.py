@@ -8,7 +8,7 @@ pass between the package's modules only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -59,7 +59,7 @@ class Dataset:
 
     name: str
     kind: str
-    shape: tuple
+    shape: tuple[int, ...]
     train: Split
     test: Split
     classes: Optional[int]
@@ -110,9 +110,9 @@ class Raw:
 
     Attributes:
         name: how messages name the source (the file, or the dataset's name).
-        train: ``(N, *dims)`` numbers; every row of the source when ``test`` is None.
+        train: ``(N, *dims)`` numbers (a numpy array or a tensor); every row of the source when ``test`` is None.
         test: ``(M, *dims)``, or None: held out of ``train`` by :func:`vae.data.split.held_out`.
-        train_labels, test_labels: ``(N,)`` / ``(M,)`` integers, or None.
+        train_labels, test_labels: ``(N,)`` / ``(M,)`` integers (array or tensor), or None.
         classes: the number of classes a source knows (class folders, CIFAR-10's names); None: from the labels.
         kind: the kind the source has by nature (MNIST: binary; image files: 8bit) when ``kind`` is auto;
             None: inferred from the values.
@@ -122,10 +122,10 @@ class Raw:
     """
 
     name: str
-    train: torch.Tensor
-    test: Optional[torch.Tensor]
-    train_labels: Optional[torch.Tensor] = None
-    test_labels: Optional[torch.Tensor] = None
+    train: Any  # numpy array or tensor
+    test: Any = None
+    train_labels: Any = None
+    test_labels: Any = None
     classes: Optional[int] = None
     kind: Optional[str] = None
     pixels: bool = False

@@ -9,8 +9,8 @@ The layout, as torchvision's ``ImageFolder`` reads it:
   images loose in the split folder have no labels. A folder holding both is
   refused, and so is a ``test/`` whose classes are not among ``train/``'s.
 
-Files and folders whose names start with ``.`` and files of other suffixes are
-skipped. Images are decoded unchanged (grey stays 1 channel, RGB 3, with
+Files and folders whose names start with ``.`` (``.ipynb_checkpoints/``) and
+files of other suffixes are skipped. Images are decoded unchanged (grey stays 1 channel, RGB 3, with
 alpha 2 or 4); a folder whose images differ in size or channels is refused,
 naming the first odd file and both sizes. The split and ``limit`` are applied
 to the file list, so only the images kept are decoded.
@@ -58,7 +58,8 @@ def _listing(folder: Path) -> tuple[list, Optional[list], Optional[list]]:
         return loose, None, None
     files, labels = [], []
     for label, sub in enumerate(subfolders):
-        found = sorted(path for path in sub.rglob("*") if _is_image(path))
+        found = sorted(path for path in sub.rglob("*")
+                       if _is_image(path) and not any(part.startswith(".") for part in path.relative_to(sub).parts))
         if not found:
             raise DataError(f"{sub}: an empty class folder (no {', '.join(IMAGE_SUFFIXES)} images)")
         files += found
@@ -130,6 +131,7 @@ def read_folder(path: Path, name: str, request: Request) -> Raw:
     else:
         files, labels, classes = _listing(path)
         train_idx, test_idx = held_out(len(files), request.test_fraction, name)
+        train_idx, test_idx = train_idx.tolist(), test_idx.tolist()
         train_files, test_files = [files[i] for i in train_idx], [files[i] for i in test_idx]
         train_labels = None if labels is None else [labels[i] for i in train_idx]
         test_labels = None if labels is None else [labels[i] for i in test_idx]
