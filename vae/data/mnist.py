@@ -1,8 +1,8 @@
-"""Datasets as tensors on the device: loading, the data root, binarization.
+"""MNIST and Fashion-MNIST through torchvision: the data root, the IDX checks, :func:`load_split`.
 
-The whole split sits on the device as one ``(N, 784)`` float tensor in
-[0, 1]; batches are rows picked by a per-epoch permutation. No per-item
-transform and no ``DataLoader`` stand in the training loop.
+:func:`load_split` is the original loader: a split as one ``(N, 784)`` float
+tensor in [0, 1] on the device. :func:`read_mnist` gives the raw uint8 images
+to :func:`vae.data.load_dataset`.
 """
 from __future__ import annotations
 
@@ -10,31 +10,17 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 import torchvision
 
 from vae.choices import DATASETS, check_choice
-from vae.errors import UsageError
+from vae.data.dataset import DataError
 
-__all__ = [
-    "DataError",
-    "ImageSplit",
-    "resolve_data_dir",
-    "load_split",
-    "binarize",
-    "TEST_BINARIZATION_SEED",
-    "binarize_fixed",
-    "evaluation_images",
-    "batch_indices",
-]
+__all__ = ["IMAGE_PIXELS", "ImageSplit", "resolve_data_dir", "read_mnist", "load_split", "remove_empty"]
 
 IMAGE_PIXELS = 28 * 28
-
-
-class DataError(UsageError):
-    """The dataset is missing, unreadable or corrupted; the message says what to do."""
 
 
 @dataclass
@@ -79,7 +65,7 @@ def _torchvision_split(dataset: str, root: Path, train: bool):
     try:
         return cls(str(root), train=train, download=True)
     except (RuntimeError, OSError) as err:  # offline, unwritable root, incomplete download
-        _remove_empty(created)
+        remove_empty(created)
         raise DataError(f"{hint} ({str(err).splitlines()[0]})") from None
 
 
@@ -113,7 +99,7 @@ def _check_idx(path: Path) -> None:
         raise DataError(f"corrupted {path}: {what}, {size} bytes where its header promises {expected}; replace the file")
 
 
-def _remove_empty(created: list) -> None:
+def remove_empty(created: list) -> None:
     """Undo the folders a failed download created, deepest first, if they are still empty."""
     for path in created:
         try:
@@ -122,18 +108,16 @@ def _remove_empty(created: list) -> None:
             return
 
 
-def load_split(
-    dataset: str, data_dir: Optional[str] = None, train: bool = True,
-    limit: Optional[int] = None, device: torch.device | str = "cpu",
-) -> ImageSplit:
-    """Load a split of ``dataset`` as tensors on ``device``.
+def read_mnist(dataset: str, data_dir: Optional[str] = None, train: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The raw images and labels of a split of ``dataset``, on the CPU.
 
     Args:
         dataset: ``"mnist"`` or ``"fashion-mnist"``.
         data_dir: data root (see :func:`resolve_data_dir`).
         train: the training split, else the test split.
-        limit: keep only the first ``limit`` images.
-        device: where the tensors live.
+
+    Returns:
+        ``(images, labels)``: ``(N, 28, 28)`` uint8 and ``(N,)`` integers.
 
     Raises:
         DataError: the files are missing and cannot be downloaded, or are corrupted.
@@ -157,44 +141,27 @@ def load_split(
             f"corrupted {dataset} files under {root}: images {tuple(images.shape)} "
             f"do not match labels {tuple(labels.shape)} of 28x28 digits"
         )
+    return images, labels  # (N, 28, 28) uint8, (N,)
+
+
+def load_split(
+    dataset: str, data_dir: Optional[str] = None, train: bool = True,
+    limit: Optional[int] = None, device: torch.device | str = "cpu",
+) -> ImageSplit:
+    """Load a split of ``dataset`` as tensors on ``device``.
+
+    Args:
+        dataset: ``"mnist"`` or ``"fashion-mnist"``.
+        data_dir: data root (see :func:`resolve_data_dir`).
+        train: the training split, else the test split.
+        limit: keep only the first ``limit`` images.
+        device: where the tensors live.
+
+    Raises:
+        DataError: the files are missing and cannot be downloaded, or are corrupted.
+    """
+    images, labels = read_mnist(dataset, data_dir, train)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     images = images.to(device).reshape(-1, IMAGE_PIXELS).float().div_(255.0)  # (N, 784)
     return ImageSplit(images=images, labels=labels.to(device=device, dtype=torch.long))
-
-
-def binarize(images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Draw every pixel as Bernoulli(intensity): ``(..., 784)`` -> same shape, values in {0, 1}.
-
-    ``uniform < intensity`` is exactly Bernoulli(intensity), and about 3x faster
-    on the CPU than ``torch.bernoulli``.
-    """
-    uniform = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
-    return (uniform < images).to(images.dtype)
-
-
-TEST_BINARIZATION_SEED = 20151101  # evaluation splits are binarized once, the same for every run
-
-
-def binarize_fixed(images: torch.Tensor, seed: int = TEST_BINARIZATION_SEED) -> torch.Tensor:
-    """One reproducible binarization of an evaluation split (the protocol's fixed test set).
-
-    Drawn on the CPU, so the fixed test set is the same whatever the device.
-    """
-    return binarize(images.cpu(), torch.Generator().manual_seed(seed)).to(images.device)
-
-
-def evaluation_images(images: torch.Tensor, binarize_mode: str) -> torch.Tensor:
-    """What a run is scored on: the fixed binarization under ``"dynamic"``, else the intensities."""
-    return binarize_fixed(images) if binarize_mode == "dynamic" else images
-
-
-def batch_indices(
-    n: int, batch_size: int, generator: torch.Generator, device: torch.device | str = "cpu"
-) -> Iterator[torch.Tensor]:
-    """Yield the rows of one epoch on ``device``: a fresh permutation cut into batches (the last may be short).
-
-    The permutation is drawn by ``generator`` on its own device (a CPU generator: the same rows on any device).
-    """
-    order = torch.randperm(n, generator=generator, device=generator.device).to(device)  # (N,)
-    yield from order.split(batch_size)
