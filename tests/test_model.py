@@ -32,7 +32,7 @@ def test_shapes_for_flat_and_image_input(model):
     assert loc.shape == (7, 5) and scale_tril.shape == (7, 5, 5)
     loc_flat, _ = model.encode(x.reshape(7, 784))
     torch.testing.assert_close(loc, loc_flat)
-    assert model.decode(loc).shape == (7, 784)
+    assert model.decode(loc).shape == (7, 1, 28, 28)  # the data's own shape
     posterior, logits = model(x.reshape(7, 784), k=3)
     assert posterior.z.shape == posterior.eps.shape == (7, 3, 5)
     assert logits.shape == (7, 3, 784)
@@ -184,7 +184,7 @@ def test_encode_takes_one_image_any_float_dtype_and_refuses_0_255_pixels():
     torch.testing.assert_close((loc64, tril64), (loc, scale_tril))
     for images, message in [((x * 255).round(), r"\[0, 1\].*divide by 255"), ((x * 255).to(torch.uint8), "255"),
                             (x - 0.5, r"\[0, 1\]"), (torch.full((784,), float("nan")), "nan"),
-                            (torch.rand(2, 392), "784 pixels")]:
+                            (torch.rand(2, 392), "784 values")]:
         with pytest.raises(ValueError, match=message):
             model.encode(images)
     model.train()  # the training loop's hot path: no min/max, no host sync per batch

@@ -52,7 +52,7 @@ def test_one_epoch_end_to_end(fake_mnist, tmp_path):
     assert not model.training and model.latent_dim == 3
     loc, scale_tril = model.encode(torch.rand(2, 1, 28, 28))
     assert loc.shape == (2, 3) and scale_tril.shape == (2, 3, 3)
-    assert model.decode(loc).shape == (2, 784)
+    assert model.decode(loc).shape == (2, 1, 28, 28)
 
 
 @pytest.mark.parametrize("objective,k", [("elbo", 1), ("iwae", 3)])

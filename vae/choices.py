@@ -15,7 +15,7 @@ from pathlib import Path
 from vae.errors import ArgumentError
 
 __all__ = [
-    "DATASETS", "FAMILIES", "DATA_KINDS", "LIKELIHOODS", "LIKELIHOOD_OF_KIND", "DIAG_TRANSFORMS", "DEVICES", "OBJECTIVES", "ESTIMATORS", "LR_SCHEDULES",
+    "Registered", "DATASETS", "FAMILIES", "DATA_KINDS", "LIKELIHOODS", "LIKELIHOOD_OF_KIND", "DIAG_TRANSFORMS", "DEVICES", "OBJECTIVES", "ESTIMATORS", "LR_SCHEDULES",
     "BINARIZATIONS", "OUTPUT_BIASES", "FIT_OBJECTIVES", "FIT_OPTIMIZERS", "CHOICES", "NAME_MAX", "PATH_MAX",
     "PRETRAINED_DIR", "check_choice", "check_estimator", "check_path",
 ]
@@ -23,8 +23,20 @@ __all__ = [
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 """The shipped models, package data (``vae/pretrained/``); no command writes into it."""
 
-DATASETS: dict[str, str] = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
-"""Dataset name -> its ``torchvision.datasets`` class (:mod:`vae.data`)."""
+class Registered(typing.NamedTuple):
+    """A dataset known by name: its ``torchvision.datasets`` class, one example's shape, its kind of data."""
+
+    torchvision: str
+    shape: tuple[int, ...]
+    kind: str
+
+
+DATASETS: dict[str, Registered] = {
+    "mnist": Registered("MNIST", (1, 28, 28), "binary"),
+    "fashion-mnist": Registered("FashionMNIST", (1, 28, 28), "binary"),
+    "cifar10": Registered("CIFAR10", (3, 32, 32), "8bit"),
+}
+"""Dataset name -> what it is (:mod:`vae.data` reads it); any other ``dataset`` is a path."""
 FAMILIES: dict[str, str] = {"full": "FullGaussian", "diagonal": "DiagonalGaussian", "lowrank": "LowRankGaussian"}
 """Posterior family name -> its class in :mod:`vae.model.posteriors`."""
 DATA_KINDS = ("auto", "binary", "8bit", "continuous")  # binary or in [0, 1]; integers 0..255; other floats

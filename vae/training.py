@@ -18,7 +18,7 @@ from typing import Any, Iterable, Optional
 
 import torch
 
-from vae.choices import LIKELIHOOD_OF_KIND
+from vae.choices import DATASETS, LIKELIHOOD_OF_KIND
 from vae.config import TrainConfig
 from vae.data import Dataset, ImageSplit, evaluation_images, load_dataset
 from vae.errors import ArgumentError
@@ -153,6 +153,9 @@ def _start(folder: RunFolder, log, ranks: Ranks) -> _Run:
     with Agreement(ranks):
         check_batch_split(config.batch_size, ranks.world_size)
         device = ranks.device(resolve_device(config.device))
+        known = _known_data(config)  # a registered dataset's or a resumed run's shape: the step sized first
+        if known is not None:
+            _check_step_memory(known, device, ranks)
         precision = check_amp(device, config.amp)
         log(set_threads(config.threads))
         log(precision)
@@ -161,8 +164,8 @@ def _start(folder: RunFolder, log, ranks: Ranks) -> _Run:
         dataset = dataset or _load_data(config, device)
         config = folder.config = resolve_data(config, dataset)  # what `auto` picked, now part of the run
         log(dataset.describe(config.likelihood))
-        per_process = dataclasses.replace(config, batch_size=config.batch_size // ranks.world_size)
-        check_step_memory(per_process if device.type == "cuda" else config, device)
+        if known is None:
+            _check_step_memory(config, device, ranks)
         initial = load_initial_weights(config) if config.init_from and not config.resume else None
         train_data, test_x = _splits(config, dataset)
         model, data_gen, noise_gen = _build_model(config, train_data, initial, device, ranks)
@@ -189,6 +192,24 @@ def check_batch_split(batch_size: int, world_size: int) -> None:
     if batch_size % world_size:
         raise ArgumentError("batch_size", f"{batch_size} is the global batch, shared by the {world_size} processes; "
                                           f"pass a multiple of {world_size}")
+
+
+def _known_data(config: TrainConfig) -> Optional[TrainConfig]:
+    """``config`` with the shape and likelihood its data will have, where they are known before loading it."""
+    if config.data_shape is not None:
+        return config
+    if config.dataset not in DATASETS:
+        return None
+    registered = DATASETS[config.dataset]
+    kind = registered.kind if config.data_kind == "auto" else config.data_kind
+    likelihood = LIKELIHOOD_OF_KIND[kind] if config.likelihood == "auto" else config.likelihood
+    return dataclasses.replace(config, data_shape=registered.shape, likelihood=likelihood)
+
+
+def _check_step_memory(config: TrainConfig, device: torch.device, ranks: Ranks) -> None:
+    """:func:`vae.step.check_step_memory` of one process's step (on CUDA, its share of the batch)."""
+    per_process = dataclasses.replace(config, batch_size=config.batch_size // ranks.world_size)
+    check_step_memory(per_process if device.type == "cuda" else config, device)
 
 
 def _load_data(config: TrainConfig, device: torch.device) -> Dataset:

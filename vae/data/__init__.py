@@ -30,7 +30,7 @@ from vae.data.dataset import DATA_KINDS, DataError, Dataset, Raw, Request, Split
 from vae.data.images import read_folder
 from vae.data.kinds import as_tensor, check_finite, check_labels, check_rows, convert, resolve_kind
 from vae.data.memory import check_fits
-from vae.data.mnist import IMAGE_PIXELS, ImageSplit, load_split, read_mnist, resolve_data_dir
+from vae.data.mnist import IMAGE_PIXELS, MNISTS, ImageSplit, load_split, read_mnist, resolve_data_dir
 from vae.data.split import SPLIT_SEED, check_test_fraction, held_out, held_out_record
 from vae.data.tables import read_csv
 from vae.errors import ArgumentError, first_line
@@ -98,12 +98,12 @@ def _read(dataset: Union[str, os.PathLike], data_dir: Optional[str], request: Re
     name = os.fspath(dataset)
     if name == CIFAR10:
         return read_cifar10(data_dir, request)
-    if name in DATASETS:
+    if name in MNISTS:
         (train, train_labels), (test, test_labels) = (read_mnist(name, data_dir, split) for split in (True, False))
         return Raw(name=name, train=train, test=test, train_labels=train_labels, test_labels=test_labels,
                    classes=10, kind="binary", pixels=True)
     path = Path(name).expanduser()
-    names = ", ".join((*DATASETS, CIFAR10))
+    names = ", ".join(DATASETS)
     try:
         if path.is_dir():
             return read_folder(path, name, request)

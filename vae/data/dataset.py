@@ -12,11 +12,11 @@ from typing import Any, Optional
 
 import torch
 
+from vae.choices import DATA_KINDS
 from vae.errors import UsageError
 
 __all__ = ["DataError", "DATA_KINDS", "KIND_WORDS", "Split", "Dataset", "Request", "Raw"]
 
-DATA_KINDS = ("auto", "binary", "8bit", "continuous")
 """``kind`` values: ``auto`` infers it from the data (see :func:`vae.data.kinds.resolve_kind`)."""
 
 KIND_WORDS = {"binary": "binary", "8bit": "8-bit", "continuous": "continuous"}

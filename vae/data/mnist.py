@@ -18,8 +18,9 @@ import torchvision
 from vae.choices import DATASETS, check_choice
 from vae.data.dataset import DataError
 
-__all__ = ["IMAGE_PIXELS", "ImageSplit", "resolve_data_dir", "read_mnist", "load_split", "remove_empty"]
+__all__ = ["MNISTS", "IMAGE_PIXELS", "ImageSplit", "resolve_data_dir", "read_mnist", "load_split", "remove_empty"]
 
+MNISTS = ("mnist", "fashion-mnist")  # the registry's datasets this module reads (vae.choices.DATASETS)
 IMAGE_PIXELS = 28 * 28
 
 
@@ -46,7 +47,7 @@ def resolve_data_dir(data_dir: Optional[str] = None, stored: Optional[str] = Non
 
 
 def _torchvision_split(dataset: str, root: Path, train: bool):
-    cls = getattr(torchvision.datasets, DATASETS[dataset])
+    cls = getattr(torchvision.datasets, DATASETS[dataset].torchvision)
     folder = root / cls.__name__
     created = [path for path in (folder / "raw", folder, root) if not path.exists()]
     missing = [name for name in _raw_names(cls) if not (folder / "raw" / name).is_file()]
@@ -122,7 +123,7 @@ def read_mnist(dataset: str, data_dir: Optional[str] = None, train: bool = True)
     Raises:
         DataError: the files are missing and cannot be downloaded, or are corrupted.
     """
-    check_choice("dataset", dataset)
+    check_choice("dataset", dataset, MNISTS)
     root = resolve_data_dir(data_dir)
     try:
         split = _torchvision_split(dataset, root, train)
@@ -130,7 +131,7 @@ def read_mnist(dataset: str, data_dir: Optional[str] = None, train: bool = True)
     except (AssertionError, ValueError, KeyError, IndexError, RuntimeError) as err:
         detail = (str(err).strip() or "bad header").splitlines()[0]
         raise DataError(
-            f"corrupted {dataset} files under {root / DATASETS[dataset] / 'raw'}: "
+            f"corrupted {dataset} files under {root / DATASETS[dataset].torchvision / 'raw'}: "
             f"not valid IDX data ({type(err).__name__}: {detail}); "
             "replace them or point `data_dir` at a good copy"
         ) from None

@@ -6,10 +6,12 @@ emits the parameters of its likelihood (:mod:`vae.model.likelihood`).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
+
+from vae.model.likelihood import BernoulliLikelihood
 
 
 __all__ = ["mlp", "Encoder", "Decoder"]
@@ -45,11 +47,11 @@ class Decoder(nn.Module):
             its parameters and buffers (a Gaussian's variance and standardization) are the decoder's.
     """
 
-    def __init__(self, latent_dim: int, hidden: Sequence[int], out_dim: int, likelihood: nn.Module):
+    def __init__(self, latent_dim: int, hidden: Sequence[int], out_dim: int, likelihood: Optional[nn.Module] = None):
         super().__init__()
-        self.likelihood = likelihood
+        self.likelihood = BernoulliLikelihood() if likelihood is None else likelihood
         self.body = mlp([latent_dim, *hidden])
-        self.head = nn.Linear(hidden[-1], out_dim * likelihood.params_per_pixel)
+        self.head = nn.Linear(hidden[-1], out_dim * self.likelihood.params_per_pixel)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(z))
