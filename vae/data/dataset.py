@@ -17,8 +17,6 @@ from vae.errors import UsageError
 
 __all__ = ["DataError", "DATA_KINDS", "KIND_WORDS", "Split", "Dataset", "Request", "Raw"]
 
-"""``kind`` values: ``auto`` infers it from the data (see :func:`vae.data.kinds.resolve_kind`)."""
-
 KIND_WORDS = {"binary": "binary", "8bit": "8-bit", "continuous": "continuous"}
 """How :meth:`Dataset.describe` writes each kind."""
 
