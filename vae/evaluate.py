@@ -24,6 +24,7 @@ inside it, else only its file name: no machine's paths.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -35,17 +36,17 @@ from typing import Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
-from vae.choices import DEVICES, check_path
-from vae.cli import ArgumentParser, command_name, require_positive
-from vae.errors import ArgumentError
+from vae.choices import check_path
+from vae.cli import ArgumentParser, add_checkpoint_args, command_name, require_positive
+from vae.errors import ArgumentError, FullcovError
 from vae.streams import say
-from vae.config import THREADS_HELP, check_seed
-from vae.data import DataError, evaluation_images, load_split, resolve_data_dir
+from vae.config import check_seed
+from vae.data import evaluation_images, load_split, resolve_data_dir
 from vae.devices import accumulator_dtype, resolve_device, set_threads
 from vae.model import VAE, Draw, GaussianPosterior
 from vae.model.objectives import log_weights
-from vae.run.checkpoint import PRETRAINED, CheckpointError, check_not_shipped, is_shipped, load_run
-from vae.run.files import WriteError, write_text_atomic
+from vae.run.checkpoint import PRETRAINED, check_not_shipped, is_shipped, load_run
+from vae.run.files import write_text_atomic
 
 __all__ = ["result_path", "check_output_path", "portable_path", "importance_weighted_bounds", "evaluate_model",
            "main"]
@@ -139,58 +140,47 @@ def evaluate_model(
 def main(argv: Optional[list[str]] = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), evaluate, write the JSON; return the exit code."""
     parser = ArgumentParser(prog=command_name("vae.evaluate"), description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", nargs="?", default=None,
-                        help="checkpoint to evaluate (default: the best shipped model, "
-                             f"vae/pretrained/{PRETRAINED.name})")
     parser.add_argument("--k", type=int, default=5000, help="importance samples per image (default: 5000)")
     parser.add_argument("--split", choices=("test", "train"), default="test")
     parser.add_argument("--batch-size", type=int, default=20, help="images per pass (default: 20)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the posterior noise (default: 0)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
-    parser.add_argument("--data-dir", default=None,
-                        help="dataset root (default: $VAE_DATA_DIR, else the run's, else ./data)")
-    parser.add_argument("--device", default="cpu", choices=DEVICES)
-    parser.add_argument("--threads", type=int, default=0, help=THREADS_HELP + " (default: 0)")
     parser.add_argument("--out", default=None, help="JSON path (default: eval-<split>-k<K>[-limit<N>].json beside the "
                         "checkpoint; for a shipped one, <stem>-eval-...json in the current folder)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    add_checkpoint_args(parser, PRETRAINED, "checkpoint to evaluate", seed_help="seed of the posterior noise")
     args = parser.parse_args(argv)
     require_positive(parser, args, "k", "batch_size", "limit")
     try:
-        check_seed(args.seed)
-    except ValueError as err:
-        parser.error(err)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else PRETRAINED
-    try:
-        check_path("checkpoint", checkpoint)
-        if args.data_dir:
-            check_path("data_dir", args.data_dir)
-        out = Path(args.out) if args.out else result_path(checkpoint, args.split, args.k, args.limit, args.seed)
-        check_output_path(out)  # before a long evaluation
-        device = resolve_device(args.device)
-        set_threads(args.threads)
-        model, config, _ = load_run(checkpoint, map_location=device)
-        split = load_split(config.dataset, resolve_data_dir(args.data_dir, config.data_dir),
-                           train=args.split == "train", limit=args.limit, device=device)
-    except (ValueError, DataError) as err:
-        parser.error(err)
-    except CheckpointError as err:
-        return parser.fail(err)
+        return _evaluate(args)
+    except FullcovError as err:  # a usage error: exit code 2; a broken checkpoint, a full disk: 1
+        return parser.report(err)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """:func:`main` once the flags are parsed; every failure a user can act on is a ``FullcovError``."""
+    check_seed(args.seed)
+    checkpoint = args.checkpoint
+    check_path("checkpoint", checkpoint)
+    if args.data_dir:
+        check_path("data_dir", args.data_dir)
+    out = Path(args.out) if args.out else result_path(checkpoint, args.split, args.k, args.limit, args.seed)
+    check_output_path(out)  # before a long evaluation
+    device = resolve_device(args.device)
+    set_threads(args.threads)
+    model, config, _ = load_run(checkpoint, map_location=device)
+    split = load_split(config.dataset, resolve_data_dir(args.data_dir, config.data_dir),
+                       train=args.split == "train", limit=args.limit, device=device)
     images = evaluation_images(split.images, config.binarize)
     if config.binarize != "dynamic":
         say(f"note: {checkpoint} was trained on intensities (--binarize none); the Bernoulli "
-              "bound on them is not a likelihood of binary images", file=sys.stderr)
+            "bound on them is not a likelihood of binary images", file=sys.stderr)
     start = time.perf_counter()
     result = evaluate_model(model, images, args.k, args.batch_size, args.seed, args.progress)
     result = {"checkpoint": portable_path(checkpoint), "split": args.split, "images": len(images), "k": args.k,
               "seed": args.seed, **result, "seconds": time.perf_counter() - start, "device": str(device),
               "threads": torch.get_num_threads()}
     say(f"{args.split} -ELBO {result['neg_elbo']:.3f}  NLL (K={args.k}) {result['nll']:.3f} nats  "
-          f"{result['bits_per_dim']:.4f} bits/dim  [{len(images)} images, {result['seconds']:.0f}s]")
-    try:
-        write_text_atomic(out, json.dumps(result, indent=2) + "\n")
-    except WriteError as err:  # a full disk, say: no partial JSON is left, an older one is intact
-        return parser.fail(err)
+        f"{result['bits_per_dim']:.4f} bits/dim  [{len(images)} images, {result['seconds']:.0f}s]")
+    write_text_atomic(out, json.dumps(result, indent=2) + "\n")  # a full disk: no partial JSON, an older one intact
     say(f"wrote {out}")
     return 0
 
