@@ -11,7 +11,8 @@ family) give log-weights
     \mathrm{NLL} \approx -\log \tfrac1K \sum_k w_k \;\text{(logsumexp)}.
 
 At ``K = 1`` the two coincide. Images go through in batches and samples in
-chunks, so memory stays bounded for any ``K``. The split is binarized once with
+chunks (:func:`vae.model.objectives.importance_weighted_bounds`), so memory
+stays bounded for any ``K``. The split is binarized once with
 the same fixed seed as training's test set, so numbers are reproducible.
 
 Results are printed and saved as JSON (``--out``; by default
@@ -31,7 +32,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -43,15 +44,13 @@ from vae.streams import say
 from vae.config import check_seed
 from vae.data import evaluation_images, load_split, resolve_data_dir
 from vae.devices import accumulator_dtype, resolve_device, set_threads
-from vae.model import VAE, Draw, GaussianPosterior
-from vae.model.objectives import log_weights
+from vae.model import VAE
+from vae.model.objectives import importance_weighted_bounds, sample_chunk
 from vae.run.checkpoint import PRETRAINED, check_not_shipped, is_shipped, load_run
 from vae.run.files import write_text_atomic
 
-__all__ = ["result_path", "check_output_path", "portable_path", "importance_weighted_bounds", "evaluate_model",
-           "main"]
+__all__ = ["result_path", "check_output_path", "portable_path", "evaluate_model", "main"]
 
-MAX_ROWS = 20_000  # images x samples decoded at once: bounds memory (~63 MB of logits)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -86,32 +85,6 @@ def portable_path(path: Path) -> str:
     return resolved.relative_to(REPO).as_posix() if REPO in resolved.parents else path.name
 
 
-def importance_weighted_bounds(
-    log_likelihood: Callable[[torch.Tensor], torch.Tensor], q: GaussianPosterior,
-    k: int, chunk: int, generator: Optional[torch.Generator] = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """ELBO and importance-weighted estimates of log p(x), streamed over sample chunks.
-
-    Args:
-        log_likelihood: maps latents ``(N, C, D)`` to log p(x|z) ``(N, C)``.
-        q: the posteriors of N images (any family, :mod:`vae.model.posteriors`).
-        k: samples per image; chunk: samples drawn per pass.
-        generator: source of the posterior noise.
-
-    Returns:
-        ``elbo`` and ``log_px``, each ``(N,)``: the mean log-weight and
-        ``logsumexp_k log w_k - log k``.
-    """
-    running_lse = torch.full(q.loc.shape[:1], -math.inf, device=q.loc.device, dtype=q.loc.dtype)  # (N,)
-    running_sum = torch.zeros_like(running_lse)
-    for start in range(0, k, chunk):
-        eps, z = q.rsample(min(chunk, k - start), generator)  # (N, C, E), (N, C, D)
-        log_w = log_weights(log_likelihood(z), Draw(q, eps, z))  # (N, C)
-        running_lse = torch.logaddexp(running_lse, torch.logsumexp(log_w, dim=1))
-        running_sum += log_w.sum(1)
-    return running_sum / k, running_lse - math.log(k)
-
-
 @torch.no_grad()
 def evaluate_model(
     model: VAE, images: torch.Tensor, k: int = 5000, batch_size: int = 20, seed: int = 0, progress: bool = True,
@@ -125,7 +98,7 @@ def evaluate_model(
     """
     model.eval()
     generator = torch.Generator(device=images.device).manual_seed(seed)
-    chunk = max(1, min(k, MAX_ROWS // batch_size))
+    chunk = sample_chunk(k, batch_size)  # the same for every batch, the last one too
     sums = torch.zeros(2, dtype=accumulator_dtype(images.device), device=images.device)  # -elbo, nll
     with tqdm(total=len(images), desc=f"K={k}", unit="img", disable=not progress, dynamic_ncols=True) as bar:
         for x in images.split(batch_size):

@@ -24,7 +24,8 @@ per image (a sample-average approximation), moment-matched to mean 0 and
 covariance I where there are more draws than noise dimensions, so the
 optimization is deterministic. The final ELBOs are then re-estimated with
 fresh draws, so the optimization noise does not bias them. :math:`\log p(x)`
-is the importance-weighted bound of :mod:`vae.evaluate` with ``K`` draws from
+is the importance-weighted bound
+(:func:`~vae.model.objectives.importance_weighted_bounds`) with ``K`` draws from
 each image's best optimized q.
 
 Everything is in nats per image, bounds as log-likelihoods (negative numbers).
@@ -56,8 +57,9 @@ from vae.streams import say
 from vae.config import check_seed
 from vae.data import evaluation_images, load_split, resolve_data_dir
 from vae.devices import resolve_device, set_threads
-from vae.evaluate import MAX_ROWS, check_output_path, importance_weighted_bounds, result_path
+from vae.evaluate import check_output_path, result_path
 from vae.model import FAMILIES, GaussianPosterior
+from vae.model.objectives import importance_weighted_bounds
 from vae.model.posteriors import log_standard_normal
 from vae.run.checkpoint import PRETRAINED, load_run
 from vae.run.files import save_figure, write_text_atomic
@@ -144,8 +146,7 @@ def estimate_bounds(model, x: torch.Tensor, q: GaussianPosterior, k: int, genera
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fresh estimates ``(N,)`` from ``k`` draws of q: each image's ELBO and its importance-weighted log p(x)."""
     log_lik = lambda z: model.likelihood.log_prob(model.decode(z), x)  # noqa: E731
-    chunk = max(1, min(k, MAX_ROWS // max(1, len(x))))
-    return importance_weighted_bounds(log_lik, q, k, chunk, generator)
+    return importance_weighted_bounds(log_lik, q, k, generator=generator)
 
 
 def gaps(model, x: torch.Tensor, families: Sequence[str], settings: GapSettings, k: int = 5000, seed: int = 0,
