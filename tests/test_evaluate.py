@@ -203,7 +203,7 @@ def test_no_command_writes_into_the_shipped_folder(fake_mnist, tmp_path):
 
 
 def test_result_names_hold_split_k_limit_and_a_shipped_model_s_stem():
-    from vae.evaluate import result_path
+    from vae.run.outputs import result_path
     from vae.run.checkpoint import PRETRAINED_DIR as SHIPPED, is_shipped
 
     run = Path("runs") / "r" / "best.pt"

@@ -16,7 +16,8 @@ stays bounded for any ``K``. The split is binarized once with
 the same fixed seed as training's test set, so numbers are reproducible.
 
 Results are printed and saved as JSON (``--out``; by default
-``eval-<split>-k<K>[-limit<N>][-seed<S>].json`` beside the checkpoint). The
+``eval-<split>-k<K>[-limit<N>][-seed<S>].json`` beside the checkpoint, by the
+rules of :mod:`vae.run.outputs`). The
 shipped folder ``vae/pretrained/`` is read-only to this command: for
 a checkpoint in it the JSON goes to the current folder, named
 ``<checkpoint stem>-eval-...json``, and an ``--out`` into it is refused. The
@@ -28,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -39,44 +39,20 @@ from tqdm.auto import tqdm
 
 from vae.choices import check_path
 from vae.cli import ArgumentParser, add_checkpoint_args, command_name, require_positive
-from vae.errors import ArgumentError, FullcovError
+from vae.errors import FullcovError
 from vae.streams import say
 from vae.config import check_seed
 from vae.data import evaluation_images, load_split, resolve_data_dir
 from vae.devices import accumulator_dtype, resolve_device, set_threads
 from vae.model import VAE
 from vae.model.objectives import importance_weighted_bounds, sample_chunk
-from vae.run.checkpoint import PRETRAINED, check_not_shipped, is_shipped, load_run
+from vae.run.checkpoint import PRETRAINED, load_run
 from vae.run.files import write_text_atomic
+from vae.run.outputs import check_output_path, result_path
 
-__all__ = ["result_path", "check_output_path", "portable_path", "evaluate_model", "main"]
+__all__ = ["portable_path", "evaluate_model", "main"]
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def result_path(checkpoint: Path, split: str, k: int, limit: Optional[int] = None, seed: int = 0,
-                kind: str = "eval") -> Path:
-    """The default JSON path: beside the checkpoint, or in the current folder for a shipped one.
-
-    The name holds everything that changes the result: ``eval-test-k5000.json``,
-    ``eval-test-k10-limit20.json``; a shipped checkpoint's stem comes first
-    (``model-eval-test-k5000.json``), so two shipped models do not collide. ``kind``
-    names the tool (``gaps`` for :mod:`vae.gaps`).
-    """
-    name = f"{kind}-{split}-k{k}" + (f"-limit{limit}" if limit else "") + (f"-seed{seed}" if seed else "") + ".json"
-    return Path(f"{checkpoint.stem}-{name}") if is_shipped(checkpoint) else checkpoint.parent / name
-
-
-def check_output_path(out: Path, argument: str = "out") -> None:
-    """Raise ``ValueError`` unless ``out`` can be written: a name the OS takes, not a folder, not in the shipped
-    folder, a writable parent. ``argument`` names the flag that gave it (``out``, ``plot``).
-
-    Checked before a long computation, so that its result is not lost.
-    """
-    check_path(argument, out)
-    check_not_shipped(out, str(out))
-    if out.is_dir() or not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
-        raise ArgumentError(argument, f"{out}: cannot write there")
 
 
 def portable_path(path: Path) -> str:

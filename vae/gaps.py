@@ -57,12 +57,12 @@ from vae.streams import say
 from vae.config import check_seed
 from vae.data import evaluation_images, load_split, resolve_data_dir
 from vae.devices import resolve_device, set_threads
-from vae.evaluate import check_output_path, result_path
 from vae.model import FAMILIES, GaussianPosterior
 from vae.model.objectives import importance_weighted_bounds
 from vae.model.posteriors import log_standard_normal
 from vae.run.checkpoint import PRETRAINED, load_run
 from vae.run.files import save_figure, write_text_atomic
+from vae.run.outputs import check_output_path, result_path
 
 __all__ = ["GapSettings", "fixed_noise", "optimize_family", "estimate_bounds", "gaps", "summarize", "gaps_figure",
            "main"]

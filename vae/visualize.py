@@ -22,12 +22,13 @@ from matplotlib.figure import Figure
 
 from vae.choices import check_path
 from vae.cli import ArgumentParser, add_checkpoint_args, command_name
-from vae.errors import FullcovError, UsageError
+from vae.errors import FullcovError
 from vae.streams import say
 from vae.data import load_split, resolve_data_dir
 from vae.model import VAE
-from vae.run.checkpoint import PRETRAINED, check_not_shipped, is_shipped, load_run
+from vae.run.checkpoint import PRETRAINED, load_run
 from vae.run.files import save_figure
+from vae.run.outputs import check_output_folder, make_output_folder, pictures_folder
 
 __all__ = [
     "image_grid", "reconstructions_figure", "samples_figure", "latent_figure",
@@ -192,11 +193,7 @@ def write_run_pictures(
     if model.latent_dim == 2:
         figures["manifold"] = manifold_figure(model)
         figures["ellipses"] = ellipses_figure(model, test.images, test.labels)
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UsageError(f"cannot write pictures to {out_dir}: {err.strerror or err}") from None
+    out_dir = make_output_folder(Path(out_dir), "pictures")
     return [save_figure(fig, out_dir / f"{name}.png", dpi=110, bbox_inches="tight") for name, fig in figures.items()]
 
 
@@ -208,12 +205,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     add_checkpoint_args(parser, PRETRAINED, "a best.pt or last.pt written by train.py", compute=False)
     args = parser.parse_args(argv)
     checkpoint = args.checkpoint
-    out = Path(args.out) if args.out else (
-        Path(f"{checkpoint.stem}-pictures") if is_shipped(checkpoint) else checkpoint.parent)
+    out = Path(args.out) if args.out else pictures_folder(checkpoint)
     try:
         check_path("checkpoint", checkpoint)
-        check_path("out", out / "reconstructions.png")
-        check_not_shipped(out / "x.png", f"pictures to {out}")
+        check_output_folder(out, "reconstructions.png", "pictures")
         paths = write_run_pictures(checkpoint, out, args.data_dir)
     except FullcovError as err:  # a usage error: exit code 2; a broken checkpoint, a full disk: 1 (each picture
         return parser.report(err)  # written is whole, the old one or the new one)
