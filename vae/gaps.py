@@ -57,9 +57,8 @@ from vae.streams import say
 from vae.config import check_seed
 from vae.data import evaluation_images, load_split, resolve_data_dir
 from vae.devices import resolve_device, set_threads
-from vae.model import FAMILIES, GaussianPosterior
-from vae.model.objectives import importance_weighted_bounds
-from vae.model.posteriors import log_standard_normal
+from vae.model import FAMILIES, Draw, GaussianPosterior
+from vae.model.objectives import importance_weighted_bounds, log_weights
 from vae.run.checkpoint import PRETRAINED, load_run
 from vae.run.files import save_figure, write_text_atomic
 from vae.run.outputs import check_output_path, result_path
@@ -100,8 +99,7 @@ def fixed_noise(n: int, samples: int, dim: int, generator: torch.Generator, devi
 def _elbo(model, x: torch.Tensor, q: GaussianPosterior, eps: torch.Tensor) -> torch.Tensor:
     """The ELBO of each image ``(N,)`` averaged over the given draws ``eps (N, S, E)`` of q."""
     z = q.transform(eps)  # (N, S, D)
-    log_w = model.likelihood.log_prob(model.decode(z), x) + log_standard_normal(z) - q.log_prob_draws(eps, z)
-    return log_w.mean(1)
+    return log_weights(model.likelihood.log_prob(model.decode(z), x), Draw(q, eps, z)).mean(1)
 
 
 def optimize_family(model, x: torch.Tensor, start: GaussianPosterior, family: str, settings: GapSettings,

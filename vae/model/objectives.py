@@ -40,8 +40,8 @@ from vae.choices import check_estimator
 from vae.model.posteriors import GaussianPosterior, log_standard_normal
 from vae.model.vae import VAE, Draw
 
-__all__ = ["Bound", "log_weights", "negative_elbo", "negative_iwae", "log_importance_weights", "training_loss",
-           "MAX_ROWS", "sample_chunk", "importance_weighted_bounds"]
+__all__ = ["Bound", "log_weights", "negative_elbo", "training_loss", "MAX_ROWS", "sample_chunk",
+           "importance_weighted_bounds"]
 
 MAX_ROWS = 20_000
 """Images x draws decoded at once by :func:`importance_weighted_bounds`: bounds memory (~63 MB of 784 logits)."""
@@ -83,30 +83,6 @@ def negative_elbo(model: VAE, x: torch.Tensor, k: int = 1) -> Bound:
     recon = -model.likelihood.log_prob(logits, x).mean(1)  # (N,)
     kl = draw.q.kl_standard_normal()  # (N,)
     return Bound(recon + kl, recon, kl)
-
-
-def _log_weights(model: VAE, x: torch.Tensor, k: int) -> tuple[Draw, torch.Tensor, torch.Tensor]:
-    draw, logits = model(x, k)
-    log_px_z = model.likelihood.log_prob(logits, x)  # (N, K)
-    return draw, log_px_z, log_weights(log_px_z, draw)
-
-
-def log_importance_weights(model: VAE, x: torch.Tensor, k: int) -> torch.Tensor:
-    """log p(x, z_k) - log q(z_k|x) for ``k`` draws per image: ``(N, 784)`` -> ``(N, K)``."""
-    return _log_weights(model, x, k)[2]
-
-
-def negative_iwae(model: VAE, x: torch.Tensor, k: int) -> Bound:
-    """The negative importance-weighted bound per image, with ELBO terms for reporting.
-
-    ``loss`` is ``log k - logsumexp_k(log w_k)``; ``recon`` (averaged over the
-    same ``k`` draws) and the closed-form ``kl`` are reported beside it. At
-    ``k = 1``, ``loss`` is the single-draw ELBO whose KL is the Monte-Carlo term
-    ``log q - log p``: its expectation is :func:`negative_elbo`'s loss.
-    """
-    draw, log_px_z, log_w = _log_weights(model, x, k)  # (N, K) each
-    loss = math.log(k) - torch.logsumexp(log_w, dim=1)  # (N,)
-    return Bound(loss, -log_px_z.mean(1), draw.q.kl_standard_normal())
 
 
 def training_loss(
