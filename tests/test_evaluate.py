@@ -12,10 +12,10 @@ from torch.distributions import MultivariateNormal
 
 from tests.conftest import REPO, run_cli
 from vae.run.checkpoint import PRETRAINED, PRETRAINED_DIR, SHIPPED_MODELS, load_checkpoint, load_model
-from vae.evaluate import evaluate_model, importance_weighted_bounds
+from vae.evaluate import evaluate_model
 from vae.model import FullGaussian
 from vae.model import VAE
-from vae.model.objectives import negative_elbo
+from vae.model.objectives import importance_weighted_bounds, negative_elbo
 
 D, P, NOISE = 3, 6, 0.5  # latent dim, observed dim, observation noise std
 
@@ -203,7 +203,7 @@ def test_no_command_writes_into_the_shipped_folder(fake_mnist, tmp_path):
 
 
 def test_result_names_hold_split_k_limit_and_a_shipped_model_s_stem():
-    from vae.evaluate import result_path
+    from vae.run.outputs import result_path
     from vae.run.checkpoint import PRETRAINED_DIR as SHIPPED, is_shipped
 
     run = Path("runs") / "r" / "best.pt"

@@ -17,7 +17,9 @@ at :data:`EXP_MAX` so that the factor stays finite in float32.
 
 Every function here runs in at least float32, whatever the input dtype or an
 enclosing autocast region, and none forms an inverse. Both the VAE's encoder
-and the toy :class:`~vae.toy.learner.CovarianceLearner` use this module.
+and the toy :class:`~vae.toy.learner.CovarianceLearner` use this module, and
+:func:`mvn_log_prob` is the one Gaussian log-density of both (the full
+family's :meth:`~vae.model.posteriors.FullGaussian.log_prob`).
 """
 from __future__ import annotations
 
@@ -38,11 +40,8 @@ __all__ = [
     "tril_size",
     "dim_from_tril_size",
     "entries_to_scale_tril",
-    "diag_entries_to_scale_tril",
     "scale_tril_to_entries",
-    "covariance_to_entries",
     "log_diag",
-    "logdet_covariance",
     "mvn_log_prob",
 ]
 
@@ -168,15 +167,6 @@ def entries_to_scale_tril(
     return flat.view(*raw.shape[:-1], dim, dim)  # (..., D, D)
 
 
-def diag_entries_to_scale_tril(raw: torch.Tensor, diag_transform: str = "softplus") -> torch.Tensor:
-    """A diagonal ``scale_tril`` from ``D`` free entries, shape ``(..., D)`` -> ``(..., D, D)``.
-
-    The same positive map as :func:`entries_to_scale_tril`, for a diagonal posterior.
-    """
-    _check_transform(diag_transform)
-    return torch.diag_embed(positive(at_least_float32(raw), diag_transform))
-
-
 def scale_tril_to_entries(
     scale_tril: torch.Tensor, diag_transform: str = "softplus", offdiag_scale: float = 1.0,
 ) -> torch.Tensor:
@@ -197,30 +187,17 @@ def scale_tril_to_entries(
     return values.index_copy(-1, diag_position, diagonal)
 
 
-def covariance_to_entries(covariance: torch.Tensor, diag_transform: str = "softplus") -> torch.Tensor:
-    """Free entries of the Cholesky factor of an SPD matrix ``(..., D, D)``.
-
-    Raises ``ValueError`` if the matrix is not symmetric positive definite.
-    """
-    covariance = at_least_float32(covariance)
-    scale_tril, info = torch.linalg.cholesky_ex(covariance)
-    if bool((info != 0).any()):
-        raise ValueError("matrix is not symmetric positive definite")
-    return scale_tril_to_entries(scale_tril, diag_transform)
-
-
 def log_diag(scale_tril: torch.Tensor) -> torch.Tensor:
     """``log L_ii``, shape ``(..., D, D)`` -> ``(..., D)``."""
     return torch.log(torch.diagonal(scale_tril, dim1=-2, dim2=-1))
 
 
-def logdet_covariance(scale_tril: torch.Tensor) -> torch.Tensor:
-    r""":math:`\log|\Sigma| = 2 \sum_i \log L_{ii}`, shape ``(..., D, D)`` -> ``(...)``."""
-    return 2.0 * log_diag(scale_tril).sum(-1)
-
-
 def mvn_log_prob(x: torch.Tensor, loc: torch.Tensor, scale_tril: torch.Tensor) -> torch.Tensor:
-    r"""Log-density of :math:`\mathcal N(\text{loc}, L L^\top)` by one triangular solve.
+    r"""Log-density of :math:`\mathcal N(\text{loc}, L L^\top)` by triangular solves, the project's one formula.
+
+    Each factor is solved once for all the points it serves, so one ``(D, D)`` factor
+    for many points, or a posterior's ``(N, 1, D, D)`` factors for its ``(N, K, D)`` draws
+    (:meth:`vae.model.posteriors.FullGaussian.log_prob`), costs one solve with many right-hand sides.
 
     Args:
         x: points, shape ``(..., D)``.
@@ -228,16 +205,41 @@ def mvn_log_prob(x: torch.Tensor, loc: torch.Tensor, scale_tril: torch.Tensor) -
         scale_tril: ``L``, shape broadcastable to ``(..., D, D)``.
 
     Returns:
-        log p(x), shape ``(...)``.
+        log p(x), shape ``(...)``, in at least float32.
     """
     dtype = torch.promote_types(torch.promote_types(x.dtype, loc.dtype), scale_tril.dtype)
     scale_tril = at_least_float32(scale_tril.to(dtype))
     diff = at_least_float32(x.to(dtype)) - loc.to(scale_tril.dtype)  # (..., D)
-    # L^{-1} (x - loc) by forward substitution; no inverse is ever formed.
-    if scale_tril.dim() == 2:  # one factor for all points: a single (D, M) right-hand side
-        flat = diff.reshape(-1, diff.shape[-1])  # (M, D)
-        eps = torch.linalg.solve_triangular(scale_tril, flat.T, upper=False).T.reshape(diff.shape)
-    else:
-        eps = torch.linalg.solve_triangular(scale_tril, diff.unsqueeze(-1), upper=False).squeeze(-1)
+    eps = _whiten(diff, scale_tril)  # L^{-1} (x - loc)
     dim = scale_tril.shape[-1]
     return -0.5 * eps.pow(2).sum(-1) - log_diag(scale_tril).sum(-1) - 0.5 * dim * math.log(2 * math.pi)
+
+
+def _whiten(diff: torch.Tensor, scale_tril: torch.Tensor) -> torch.Tensor:
+    """:math:`L^{-1}` ``diff`` by forward substitution; no inverse is ever formed.
+
+    The batch dimensions along which ``scale_tril`` is broadcast (size 1, or absent) become the
+    columns of one right-hand side per factor, so each distinct factor is solved once.
+
+    Args:
+        diff: ``(..., D)``.
+        scale_tril: lower-triangular ``L``, broadcastable to ``(..., D, D)``, of ``diff``'s dtype.
+
+    Returns:
+        ``(*batch, D)``, ``batch`` the broadcast of the two batch shapes.
+    """
+    dim = scale_tril.shape[-1]
+    batch = torch.broadcast_shapes(diff.shape[:-1], scale_tril.shape[:-2])
+    factor_batch = (1,) * (len(batch) - scale_tril.dim() + 2) + tuple(scale_tril.shape[:-2])
+    shared = [i for i, size in enumerate(factor_batch) if size == 1 and batch[i] != 1]  # one factor, many points
+    own = [i for i in range(len(batch)) if i not in shared]
+    order = own + shared
+    moved = order != sorted(order)  # a shared dimension before one of the factors' own
+    own_shape, shared_shape = [batch[i] for i in own], [batch[i] for i in shared]
+    columns = diff if diff.shape[:-1] == batch else diff.expand(*batch, dim)
+    columns = columns.permute(*order, len(batch)) if moved else columns  # (*own, *shared, D)
+    columns = columns.reshape(*own_shape, math.prod(shared_shape), dim).mT  # (*own, D, M)
+    factor = scale_tril.reshape(*[factor_batch[i] for i in own], dim, dim)  # the shared dimensions are 1 there
+    eps = torch.linalg.solve_triangular(factor, columns, upper=False).mT  # (*own, M, D)
+    eps = eps.reshape(*own_shape, *shared_shape, dim)
+    return eps.permute(*[order.index(i) for i in range(len(batch))], len(batch)) if moved else eps  # (*batch, D)

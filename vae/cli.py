@@ -15,11 +15,14 @@ import contextlib
 import os
 import sys
 import typing
+from pathlib import Path
 
+from vae.choices import DEVICES
+from vae.config import THREADS_HELP
 from vae.errors import ArgumentError, FullcovError, UsageError, as_flags, first_line
 from vae.streams import say
 
-__all__ = ["command_name", "ArgumentParser", "require_positive", "test_hooks"]
+__all__ = ["command_name", "ArgumentParser", "require_positive", "add_checkpoint_args", "test_hooks"]
 
 
 def command_name(module: str) -> str:
@@ -89,3 +92,35 @@ def test_hooks() -> typing.ContextManager:
     from vae.run.faults import installed
 
     return installed()
+
+
+def add_checkpoint_args(parser: argparse.ArgumentParser, default: Path, checkpoint_help: str, *,
+                        seed_help: typing.Optional[str] = None, compute: bool = True) -> None:
+    """Declare the flags that every command reading a trained checkpoint shares, once.
+
+    ``checkpoint`` (positional; ``args.checkpoint`` is a ``Path``, ``default`` when none or an empty one
+    is given) and ``--data-dir``; with ``seed_help``, ``--seed`` (default 0); with ``compute``, the
+    flags of a command that computes with the model: ``--device`` (default ``cpu``), ``--threads``
+    (default 0) and ``--no-progress`` (``args.progress``).
+
+    Args:
+        parser: the command's parser.
+        default: the checkpoint read when none is given, the best shipped model
+            (:data:`vae.run.checkpoint.PRETRAINED`; passed in, as this module does not import torch).
+        checkpoint_help: what the command takes the checkpoint for; the help adds the default.
+        seed_help: what the seed seeds; None: no ``--seed``.
+        compute: whether to declare ``--device``, ``--threads`` and ``--no-progress``.
+    """
+    def checkpoint(text: str) -> Path:
+        return Path(text) if text else default
+
+    parser.add_argument("checkpoint", nargs="?", default=default, type=checkpoint,
+                        help=f"{checkpoint_help} (default: the best shipped model, vae/pretrained/{default.name})")
+    if seed_help is not None:
+        parser.add_argument("--seed", type=int, default=0, help=f"{seed_help} (default: 0)")
+    parser.add_argument("--data-dir", default=None,
+                        help="dataset root (default: $VAE_DATA_DIR, else the run's, else ./data)")
+    if compute:
+        parser.add_argument("--device", default="cpu", choices=DEVICES)
+        parser.add_argument("--threads", type=int, default=0, help=THREADS_HELP + " (default: 0)")
+        parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")

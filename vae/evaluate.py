@@ -11,11 +11,13 @@ family) give log-weights
     \mathrm{NLL} \approx -\log \tfrac1K \sum_k w_k \;\text{(logsumexp)}.
 
 At ``K = 1`` the two coincide. Images go through in batches and samples in
-chunks, so memory stays bounded for any ``K``. The split is binarized once with
+chunks (:func:`vae.model.objectives.importance_weighted_bounds`), so memory
+stays bounded for any ``K``. The split is binarized once with
 the same fixed seed as training's test set, so numbers are reproducible.
 
 Results are printed and saved as JSON (``--out``; by default
-``eval-<split>-k<K>[-limit<N>][-seed<S>].json`` beside the checkpoint). The
+``eval-<split>-k<K>[-limit<N>][-seed<S>].json`` beside the checkpoint, by the
+rules of :mod:`vae.run.outputs`). The
 shipped folder ``vae/pretrained/`` is read-only to this command: for
 a checkpoint in it the JSON goes to the current folder, named
 ``<checkpoint stem>-eval-...json``, and an ``--out`` into it is refused. The
@@ -24,91 +26,39 @@ inside it, else only its file name: no machine's paths.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from tqdm.auto import tqdm
 
-from vae.choices import DEVICES, check_path
-from vae.cli import ArgumentParser, command_name, require_positive
-from vae.errors import ArgumentError
+from vae.choices import check_path
+from vae.cli import ArgumentParser, add_checkpoint_args, command_name, require_positive, test_hooks
+from vae.errors import FullcovError
 from vae.streams import say
-from vae.config import THREADS_HELP, check_seed
-from vae.data import DataError, evaluation_images, load_split, resolve_data_dir
+from vae.config import check_seed
+from vae.data import evaluation_images, load_split, resolve_data_dir
 from vae.devices import accumulator_dtype, resolve_device, set_threads
-from vae.model import VAE, Draw, GaussianPosterior
-from vae.model.objectives import log_weights
-from vae.run.checkpoint import PRETRAINED, CheckpointError, check_not_shipped, is_shipped, load_run
-from vae.run.files import WriteError, write_text_atomic
+from vae.model import VAE
+from vae.model.objectives import importance_weighted_bounds, sample_chunk
+from vae.run.checkpoint import PRETRAINED, load_run
+from vae.run.files import write_text_atomic
+from vae.run.outputs import check_output_path, result_path
 
-__all__ = ["result_path", "check_output_path", "portable_path", "importance_weighted_bounds", "evaluate_model",
-           "main"]
+__all__ = ["portable_path", "evaluate_model", "main"]
 
-MAX_ROWS = 20_000  # images x samples decoded at once: bounds memory (~63 MB of logits)
 REPO = Path(__file__).resolve().parents[1]
-
-
-def result_path(checkpoint: Path, split: str, k: int, limit: Optional[int] = None, seed: int = 0,
-                kind: str = "eval") -> Path:
-    """The default JSON path: beside the checkpoint, or in the current folder for a shipped one.
-
-    The name holds everything that changes the result: ``eval-test-k5000.json``,
-    ``eval-test-k10-limit20.json``; a shipped checkpoint's stem comes first
-    (``model-eval-test-k5000.json``), so two shipped models do not collide. ``kind``
-    names the tool (``gaps`` for :mod:`vae.gaps`).
-    """
-    name = f"{kind}-{split}-k{k}" + (f"-limit{limit}" if limit else "") + (f"-seed{seed}" if seed else "") + ".json"
-    return Path(f"{checkpoint.stem}-{name}") if is_shipped(checkpoint) else checkpoint.parent / name
-
-
-def check_output_path(out: Path, argument: str = "out") -> None:
-    """Raise ``ValueError`` unless ``out`` can be written: a name the OS takes, not a folder, not in the shipped
-    folder, a writable parent. ``argument`` names the flag that gave it (``out``, ``plot``).
-
-    Checked before a long computation, so that its result is not lost.
-    """
-    check_path(argument, out)
-    check_not_shipped(out, str(out))
-    if out.is_dir() or not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
-        raise ArgumentError(argument, f"{out}: cannot write there")
 
 
 def portable_path(path: Path) -> str:
     """``path`` relative to the repository when it lies inside it, else its file name: no machine's paths."""
     resolved = path.resolve()
     return resolved.relative_to(REPO).as_posix() if REPO in resolved.parents else path.name
-
-
-def importance_weighted_bounds(
-    log_likelihood: Callable[[torch.Tensor], torch.Tensor], q: GaussianPosterior,
-    k: int, chunk: int, generator: Optional[torch.Generator] = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """ELBO and importance-weighted estimates of log p(x), streamed over sample chunks.
-
-    Args:
-        log_likelihood: maps latents ``(N, C, D)`` to log p(x|z) ``(N, C)``.
-        q: the posteriors of N images (any family, :mod:`vae.model.posteriors`).
-        k: samples per image; chunk: samples drawn per pass.
-        generator: source of the posterior noise.
-
-    Returns:
-        ``elbo`` and ``log_px``, each ``(N,)``: the mean log-weight and
-        ``logsumexp_k log w_k - log k``.
-    """
-    running_lse = torch.full(q.loc.shape[:1], -math.inf, device=q.loc.device, dtype=q.loc.dtype)  # (N,)
-    running_sum = torch.zeros_like(running_lse)
-    for start in range(0, k, chunk):
-        eps, z = q.rsample(min(chunk, k - start), generator)  # (N, C, E), (N, C, D)
-        log_w = log_weights(log_likelihood(z), Draw(q, eps, z))  # (N, C)
-        running_lse = torch.logaddexp(running_lse, torch.logsumexp(log_w, dim=1))
-        running_sum += log_w.sum(1)
-    return running_sum / k, running_lse - math.log(k)
 
 
 @torch.no_grad()
@@ -124,7 +74,7 @@ def evaluate_model(
     """
     model.eval()
     generator = torch.Generator(device=images.device).manual_seed(seed)
-    chunk = max(1, min(k, MAX_ROWS // batch_size))
+    chunk = sample_chunk(k, batch_size)  # the same for every batch, the last one too
     sums = torch.zeros(2, dtype=accumulator_dtype(images.device), device=images.device)  # -elbo, nll
     with tqdm(total=len(images), desc=f"K={k}", unit="img", disable=not progress, dynamic_ncols=True) as bar:
         for x in images.split(batch_size):
@@ -139,58 +89,48 @@ def evaluate_model(
 def main(argv: Optional[list[str]] = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), evaluate, write the JSON; return the exit code."""
     parser = ArgumentParser(prog=command_name("vae.evaluate"), description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", nargs="?", default=None,
-                        help="checkpoint to evaluate (default: the best shipped model, "
-                             f"vae/pretrained/{PRETRAINED.name})")
     parser.add_argument("--k", type=int, default=5000, help="importance samples per image (default: 5000)")
     parser.add_argument("--split", choices=("test", "train"), default="test")
     parser.add_argument("--batch-size", type=int, default=20, help="images per pass (default: 20)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the posterior noise (default: 0)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
-    parser.add_argument("--data-dir", default=None,
-                        help="dataset root (default: $VAE_DATA_DIR, else the run's, else ./data)")
-    parser.add_argument("--device", default="cpu", choices=DEVICES)
-    parser.add_argument("--threads", type=int, default=0, help=THREADS_HELP + " (default: 0)")
     parser.add_argument("--out", default=None, help="JSON path (default: eval-<split>-k<K>[-limit<N>].json beside the "
                         "checkpoint; for a shipped one, <stem>-eval-...json in the current folder)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    add_checkpoint_args(parser, PRETRAINED, "checkpoint to evaluate", seed_help="seed of the posterior noise")
     args = parser.parse_args(argv)
     require_positive(parser, args, "k", "batch_size", "limit")
     try:
-        check_seed(args.seed)
-    except ValueError as err:
-        parser.error(err)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else PRETRAINED
-    try:
-        check_path("checkpoint", checkpoint)
-        if args.data_dir:
-            check_path("data_dir", args.data_dir)
-        out = Path(args.out) if args.out else result_path(checkpoint, args.split, args.k, args.limit, args.seed)
-        check_output_path(out)  # before a long evaluation
-        device = resolve_device(args.device)
-        set_threads(args.threads)
-        model, config, _ = load_run(checkpoint, map_location=device)
-        split = load_split(config.dataset, resolve_data_dir(args.data_dir, config.data_dir),
-                           train=args.split == "train", limit=args.limit, device=device)
-    except (ValueError, DataError) as err:
-        parser.error(err)
-    except CheckpointError as err:
-        return parser.fail(err)
+        with test_hooks():
+            return _evaluate(args)
+    except FullcovError as err:  # a usage error: exit code 2; a broken checkpoint, a full disk: 1
+        return parser.report(err)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """:func:`main` once the flags are parsed; every failure a user can act on is a ``FullcovError``."""
+    check_seed(args.seed)
+    checkpoint = args.checkpoint
+    check_path("checkpoint", checkpoint)
+    if args.data_dir:
+        check_path("data_dir", args.data_dir)
+    out = Path(args.out) if args.out else result_path(checkpoint, args.split, args.k, args.limit, args.seed)
+    check_output_path(out)  # before a long evaluation
+    device = resolve_device(args.device)
+    set_threads(args.threads)
+    model, config, _ = load_run(checkpoint, map_location=device)
+    split = load_split(config.dataset, resolve_data_dir(args.data_dir, config.data_dir),
+                       train=args.split == "train", limit=args.limit, device=device)
     images = evaluation_images(split.images, config.binarize)
     if config.binarize != "dynamic":
         say(f"note: {checkpoint} was trained on intensities (--binarize none); the Bernoulli "
-              "bound on them is not a likelihood of binary images", file=sys.stderr)
+            "bound on them is not a likelihood of binary images", file=sys.stderr)
     start = time.perf_counter()
     result = evaluate_model(model, images, args.k, args.batch_size, args.seed, args.progress)
     result = {"checkpoint": portable_path(checkpoint), "split": args.split, "images": len(images), "k": args.k,
               "seed": args.seed, **result, "seconds": time.perf_counter() - start, "device": str(device),
               "threads": torch.get_num_threads()}
     say(f"{args.split} -ELBO {result['neg_elbo']:.3f}  NLL (K={args.k}) {result['nll']:.3f} nats  "
-          f"{result['bits_per_dim']:.4f} bits/dim  [{len(images)} images, {result['seconds']:.0f}s]")
-    try:
-        write_text_atomic(out, json.dumps(result, indent=2) + "\n")
-    except WriteError as err:  # a full disk, say: no partial JSON is left, an older one is intact
-        return parser.fail(err)
+        f"{result['bits_per_dim']:.4f} bits/dim  [{len(images)} images, {result['seconds']:.0f}s]")
+    write_text_atomic(out, json.dumps(result, indent=2) + "\n")  # a full disk: no partial JSON, an older one intact
     say(f"wrote {out}")
     return 0
 

@@ -24,7 +24,8 @@ per image (a sample-average approximation), moment-matched to mean 0 and
 covariance I where there are more draws than noise dimensions, so the
 optimization is deterministic. The final ELBOs are then re-estimated with
 fresh draws, so the optimization noise does not bias them. :math:`\log p(x)`
-is the importance-weighted bound of :mod:`vae.evaluate` with ``K`` draws from
+is the importance-weighted bound
+(:func:`~vae.model.objectives.importance_weighted_bounds`) with ``K`` draws from
 each image's best optimized q.
 
 Everything is in nats per image, bounds as log-likelihoods (negative numbers).
@@ -38,6 +39,7 @@ a decoder; what is shared is the one map and the families' raw layouts.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -48,17 +50,18 @@ from typing import Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from vae.choices import DEVICES, FAMILIES as FAMILY_NAMES, check_path
-from vae.cli import ArgumentParser, command_name, require_positive
+from vae.choices import FAMILIES as FAMILY_NAMES, check_path
+from vae.cli import ArgumentParser, add_checkpoint_args, command_name, require_positive, test_hooks
+from vae.errors import ArgumentError, FullcovError
 from vae.streams import say
-from vae.config import THREADS_HELP, check_seed
-from vae.data import DataError, evaluation_images, load_split, resolve_data_dir
+from vae.config import check_seed
+from vae.data import evaluation_images, load_split, resolve_data_dir
 from vae.devices import resolve_device, set_threads
-from vae.evaluate import MAX_ROWS, check_output_path, importance_weighted_bounds, result_path
-from vae.model import FAMILIES, GaussianPosterior
-from vae.model.posteriors import log_standard_normal
-from vae.run.checkpoint import PRETRAINED, CheckpointError, load_run
-from vae.run.files import WriteError, save_figure, write_text_atomic
+from vae.model import FAMILIES, Draw, GaussianPosterior
+from vae.model.objectives import importance_weighted_bounds, log_weights
+from vae.run.checkpoint import PRETRAINED, load_run
+from vae.run.files import save_figure, write_text_atomic
+from vae.run.outputs import check_output_path, result_path
 
 __all__ = ["GapSettings", "fixed_noise", "optimize_family", "estimate_bounds", "gaps", "summarize", "gaps_figure",
            "main"]
@@ -96,8 +99,7 @@ def fixed_noise(n: int, samples: int, dim: int, generator: torch.Generator, devi
 def _elbo(model, x: torch.Tensor, q: GaussianPosterior, eps: torch.Tensor) -> torch.Tensor:
     """The ELBO of each image ``(N,)`` averaged over the given draws ``eps (N, S, E)`` of q."""
     z = q.transform(eps)  # (N, S, D)
-    log_w = model.likelihood.log_prob(model.decode(z), x) + log_standard_normal(z) - q.log_prob_draws(eps, z)
-    return log_w.mean(1)
+    return log_weights(model.likelihood.log_prob(model.decode(z), x), Draw(q, eps, z)).mean(1)
 
 
 def optimize_family(model, x: torch.Tensor, start: GaussianPosterior, family: str, settings: GapSettings,
@@ -142,8 +144,7 @@ def estimate_bounds(model, x: torch.Tensor, q: GaussianPosterior, k: int, genera
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fresh estimates ``(N,)`` from ``k`` draws of q: each image's ELBO and its importance-weighted log p(x)."""
     log_lik = lambda z: model.likelihood.log_prob(model.decode(z), x)  # noqa: E731
-    chunk = max(1, min(k, MAX_ROWS // max(1, len(x))))
-    return importance_weighted_bounds(log_lik, q, k, chunk, generator)
+    return importance_weighted_bounds(log_lik, q, k, generator=generator)
 
 
 def gaps(model, x: torch.Tensor, families: Sequence[str], settings: GapSettings, k: int = 5000, seed: int = 0,
@@ -208,8 +209,6 @@ def gaps_figure(per_image: dict[str, torch.Tensor], families: Sequence[str], tit
 def main(argv: Optional[list[str]] = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), measure the gaps, print and write them; return the exit code."""
     parser = ArgumentParser(prog=command_name("vae.gaps"), description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", nargs="?", default=None,
-                        help=f"checkpoint (default: the best shipped model, vae/pretrained/{PRETRAINED.name})")
     parser.add_argument("--families", nargs="+", choices=FAMILY_NAMES, default=["full", "diagonal"],
                         help="the families to optimize (default: full diagonal; the model's own is always added)")
     parser.add_argument("--rank", type=int, default=2, help="R of the lowrank family (default: 2)")
@@ -219,53 +218,49 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--samples", type=int, default=None, help="fixed draws per image while optimizing "
                         f"(default: the family's noise dimension + {EXTRA_DRAWS}, e.g. 48 at D = 32)")
     parser.add_argument("--lr", type=float, default=0.02, help="peak Adam learning rate, cosine to 0 (default: 0.02)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every draw (default: 0)")
-    parser.add_argument("--data-dir", default=None,
-                        help="dataset root (default: $VAE_DATA_DIR, else the run's, else ./data)")
-    parser.add_argument("--device", default="cpu", choices=DEVICES)
-    parser.add_argument("--threads", type=int, default=0, help=THREADS_HELP + " (default: 0)")
     parser.add_argument("--out", default=None, help="JSON path (default: gaps-test-k<K>-limit<N>.json beside the "
                         "checkpoint; for a shipped one, <stem>-gaps-...json in the current folder)")
     parser.add_argument("--plot", default=None, help="also draw the per-image bounds into this PNG")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    add_checkpoint_args(parser, PRETRAINED, "checkpoint", seed_help="seed of every draw")
     args = parser.parse_args(argv)
     require_positive(parser, args, "rank", "limit", "k", "steps", "samples")
-    families = list(dict.fromkeys(args.families))  # once each, in the order given
-    checkpoint = Path(args.checkpoint) if args.checkpoint else PRETRAINED
     try:
-        check_path("checkpoint", checkpoint)
-        if args.data_dir:
-            check_path("data_dir", args.data_dir)
-        out = Path(args.out) if args.out else result_path(checkpoint, "test", args.k, args.limit, args.seed, "gaps")
-        check_seed(args.seed)
-        if not (args.lr > 0 and math.isfinite(args.lr)):
-            raise ValueError(f"--lr must be a positive finite number, got {args.lr}")
-        check_output_path(out)
-        if args.plot:
-            check_output_path(Path(args.plot), "plot")
-        device = resolve_device(args.device)
-        set_threads(args.threads)
-        model, config, _ = load_run(checkpoint, map_location=device)
-        split = load_split(config.dataset, resolve_data_dir(args.data_dir, config.data_dir), train=False,
-                           limit=args.limit, device=device)
-    except (ValueError, DataError) as err:
-        parser.error(err)
-    except CheckpointError as err:
-        return parser.fail(err)
+        with test_hooks():
+            return _measure(args)
+    except FullcovError as err:  # a usage error: exit code 2; a broken checkpoint, a full disk: 1
+        return parser.report(err)
+
+
+def _measure(args: argparse.Namespace) -> int:
+    """:func:`main` once the flags are parsed; every failure a user can act on is a ``FullcovError``."""
+    families = list(dict.fromkeys(args.families))  # once each, in the order given
+    checkpoint = args.checkpoint
+    check_path("checkpoint", checkpoint)
+    if args.data_dir:
+        check_path("data_dir", args.data_dir)
+    out = Path(args.out) if args.out else result_path(checkpoint, "test", args.k, args.limit, args.seed, "gaps")
+    check_seed(args.seed)
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        raise ArgumentError("lr", f"must be a positive finite number, got {args.lr}")
+    check_output_path(out)
+    if args.plot:
+        check_output_path(Path(args.plot), "plot")
+    device = resolve_device(args.device)
+    set_threads(args.threads)
+    model, config, _ = load_run(checkpoint, map_location=device)
+    split = load_split(config.dataset, resolve_data_dir(args.data_dir, config.data_dir), train=False,
+                       limit=args.limit, device=device)
     images = evaluation_images(split.images, config.binarize)
     settings = GapSettings(args.steps, args.samples, args.lr, args.rank)
     families += [] if model.family in families else [model.family]  # the amortization gap needs the model's own
     per_image = gaps(model, images, families, settings, args.k, args.seed, args.progress)
     result = summarize(per_image, model.family, families)
     _print_table(result, len(images), args.k)
-    try:
-        write_text_atomic(out, json.dumps(result, indent=2) + "\n")
-        say(f"wrote {out}")
-        if args.plot:
-            title = f"{checkpoint.name}: {len(images)} test images, K = {args.k}"
-            say(f"wrote {save_figure(gaps_figure(per_image, families, title), args.plot, dpi=110)}")
-    except WriteError as err:
-        return parser.fail(err)
+    write_text_atomic(out, json.dumps(result, indent=2) + "\n")
+    say(f"wrote {out}")
+    if args.plot:
+        title = f"{checkpoint.name}: {len(images)} test images, K = {args.k}"
+        say(f"wrote {save_figure(gaps_figure(per_image, families, title), args.plot, dpi=110)}")
     return 0
 
 

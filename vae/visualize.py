@@ -21,12 +21,14 @@ import torch
 from matplotlib.figure import Figure
 
 from vae.choices import check_path
-from vae.cli import ArgumentParser, command_name
+from vae.cli import ArgumentParser, add_checkpoint_args, command_name, test_hooks
+from vae.errors import FullcovError
 from vae.streams import say
-from vae.data import DataError, load_split, resolve_data_dir
+from vae.data import load_split, resolve_data_dir
 from vae.model import VAE
-from vae.run.checkpoint import PRETRAINED, CheckpointError, check_not_shipped, is_shipped, load_run
-from vae.run.files import WriteError, save_figure
+from vae.run.checkpoint import PRETRAINED, load_run
+from vae.run.files import save_figure
+from vae.run.outputs import check_output_folder, make_output_folder, pictures_folder
 
 __all__ = [
     "image_grid", "reconstructions_figure", "samples_figure", "latent_figure",
@@ -175,8 +177,9 @@ def write_run_pictures(
     """Draw every picture of a checkpoint into ``out_dir`` and return the PNG paths.
 
     Raises:
-        CheckpointError: the checkpoint cannot be loaded.
+        vae.run.checkpoint.CheckpointError: the checkpoint cannot be loaded.
         vae.data.DataError: the test set cannot be loaded.
+        vae.errors.UsageError: ``out_dir`` cannot be made (a file stands in its place, say).
         vae.run.files.WriteError: a picture could not be written; those before it were.
     """
     model, config, state = load_run(checkpoint, map_location=device)
@@ -190,34 +193,26 @@ def write_run_pictures(
     if model.latent_dim == 2:
         figures["manifold"] = manifold_figure(model)
         figures["ellipses"] = ellipses_figure(model, test.images, test.labels)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_output_folder(Path(out_dir), "pictures")
     return [save_figure(fig, out_dir / f"{name}.png", dpi=110, bbox_inches="tight") for name, fig in figures.items()]
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), draw and write every picture; return the exit code."""
     parser = ArgumentParser(prog=command_name("vae.visualize"), description="Draw every picture of a trained VAE.")
-    parser.add_argument("checkpoint", nargs="?", default=str(PRETRAINED),
-                        help="a best.pt or last.pt written by train.py (default: the best shipped model, "
-                             f"vae/pretrained/{PRETRAINED.name})")
     parser.add_argument("--out", help="folder for the PNGs (default: the checkpoint's folder; for a shipped model, "
                         "<stem>-pictures/ in the current folder)")
-    parser.add_argument("--data-dir", help="dataset root (default: $VAE_DATA_DIR, else the run's, else ./data)")
+    add_checkpoint_args(parser, PRETRAINED, "a best.pt or last.pt written by train.py", compute=False)
     args = parser.parse_args(argv)
-    checkpoint = Path(args.checkpoint)
-    out = Path(args.out) if args.out else (
-        Path(f"{checkpoint.stem}-pictures") if is_shipped(checkpoint) else checkpoint.parent)
+    checkpoint = args.checkpoint
+    out = Path(args.out) if args.out else pictures_folder(checkpoint)
     try:
         check_path("checkpoint", checkpoint)
-        check_path("out", out / "reconstructions.png")
-        check_not_shipped(out / "x.png", f"pictures to {out}")
-        paths = write_run_pictures(args.checkpoint, out, args.data_dir)
-    except (ValueError, DataError) as err:  # the shipped folder, a dataset that cannot be loaded
-        parser.error(err)
-    except (WriteError, CheckpointError) as err:  # a full disk, say: each picture is whole, the old one or the new one
-        return parser.fail(err)
-    except OSError as err:
-        parser.error(f"cannot write pictures to {out}: {err.strerror or err}")
+        check_output_folder(out, "reconstructions.png", "pictures")
+        with test_hooks():
+            paths = write_run_pictures(checkpoint, out, args.data_dir)
+    except FullcovError as err:  # a usage error: exit code 2; a broken checkpoint, a full disk: 1 (each picture
+        return parser.report(err)  # written is whole, the old one or the new one)
     for path in paths:
         say(f"wrote {path}")
     return 0

@@ -8,7 +8,9 @@ its own draws; the decoder's likelihood (:mod:`vae.model.likelihood`) gives
 The ELBO (Kingma & Welling 2014, eq. 10) is
 :math:`\mathbb E_q[\log p(x|z)] - \mathrm{KL}`; the importance-weighted bound
 (Burda et al. 2016, eq. 8) is
-:math:`\log \frac1K \sum_k p(x, z_k) / q(z_k|x)`.
+:math:`\log \frac1K \sum_k p(x, z_k) / q(z_k|x)`. For evaluation at a large
+``K`` (:mod:`vae.evaluate`, :mod:`vae.gaps`), :func:`importance_weighted_bounds`
+streams both over chunks of draws, so that memory stays bounded for any ``K``.
 
 Training differentiates a *surrogate* of the bound (:func:`training_loss`):
 the KL warm-up weight :math:`\beta` scales :math:`\log p(z) - \log q(z|x)`
@@ -30,15 +32,19 @@ Every reported figure is the true bound at :math:`\beta = 1`.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
 from vae.choices import check_estimator
-from vae.model.posteriors import log_standard_normal
+from vae.model.posteriors import GaussianPosterior, log_standard_normal
 from vae.model.vae import VAE, Draw
 
-__all__ = ["Bound", "log_weights", "negative_elbo", "negative_iwae", "log_importance_weights", "training_loss"]
+__all__ = ["Bound", "log_weights", "negative_elbo", "training_loss", "MAX_ROWS", "sample_chunk",
+           "importance_weighted_bounds"]
+
+MAX_ROWS = 20_000
+"""Images x draws decoded at once by :func:`importance_weighted_bounds`: bounds memory (~63 MB of 784 logits)."""
 
 
 class Bound(NamedTuple):
@@ -77,30 +83,6 @@ def negative_elbo(model: VAE, x: torch.Tensor, k: int = 1) -> Bound:
     recon = -model.likelihood.log_prob(logits, x).mean(1)  # (N,)
     kl = draw.q.kl_standard_normal()  # (N,)
     return Bound(recon + kl, recon, kl)
-
-
-def _log_weights(model: VAE, x: torch.Tensor, k: int) -> tuple[Draw, torch.Tensor, torch.Tensor]:
-    draw, logits = model(x, k)
-    log_px_z = model.likelihood.log_prob(logits, x)  # (N, K)
-    return draw, log_px_z, log_weights(log_px_z, draw)
-
-
-def log_importance_weights(model: VAE, x: torch.Tensor, k: int) -> torch.Tensor:
-    """log p(x, z_k) - log q(z_k|x) for ``k`` draws per image: ``(N, 784)`` -> ``(N, K)``."""
-    return _log_weights(model, x, k)[2]
-
-
-def negative_iwae(model: VAE, x: torch.Tensor, k: int) -> Bound:
-    """The negative importance-weighted bound per image, with ELBO terms for reporting.
-
-    ``loss`` is ``log k - logsumexp_k(log w_k)``; ``recon`` (averaged over the
-    same ``k`` draws) and the closed-form ``kl`` are reported beside it. At
-    ``k = 1``, ``loss`` is the single-draw ELBO whose KL is the Monte-Carlo term
-    ``log q - log p``: its expectation is :func:`negative_elbo`'s loss.
-    """
-    draw, log_px_z, log_w = _log_weights(model, x, k)  # (N, K) each
-    loss = math.log(k) - torch.logsumexp(log_w, dim=1)  # (N,)
-    return Bound(loss, -log_px_z.mean(1), draw.q.kl_standard_normal())
 
 
 def training_loss(
@@ -151,3 +133,35 @@ def training_loss(
         with torch.no_grad():
             loss = math.log(k) - torch.logsumexp(log_px_z + log_pz - log_qz, dim=1)
     return surrogate, Bound(loss, recon, kl)
+
+
+def sample_chunk(k: int, images: int) -> int:
+    """Draws per image per pass, of ``k`` in all, for ``images`` images at once: at most :data:`MAX_ROWS` rows."""
+    return max(1, min(k, MAX_ROWS // max(1, images)))
+
+
+def importance_weighted_bounds(
+    log_likelihood: Callable[[torch.Tensor], torch.Tensor], q: GaussianPosterior,
+    k: int, chunk: Optional[int] = None, generator: Optional[torch.Generator] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ELBO and importance-weighted estimates of log p(x), streamed over sample chunks.
+
+    Args:
+        log_likelihood: maps latents ``(N, C, D)`` to log p(x|z) ``(N, C)``.
+        q: the posteriors of N images (any family, :mod:`vae.model.posteriors`).
+        k: samples per image; chunk: samples drawn per pass (default: :func:`sample_chunk` of N).
+        generator: source of the posterior noise.
+
+    Returns:
+        ``elbo`` and ``log_px``, each ``(N,)``: the mean log-weight and
+        ``logsumexp_k log w_k - log k``.
+    """
+    chunk = sample_chunk(k, q.loc.shape[0]) if chunk is None else chunk
+    running_lse = torch.full(q.loc.shape[:1], -math.inf, device=q.loc.device, dtype=q.loc.dtype)  # (N,)
+    running_sum = torch.zeros_like(running_lse)
+    for start in range(0, k, chunk):
+        eps, z = q.rsample(min(chunk, k - start), generator)  # (N, C, E), (N, C, D)
+        log_w = log_weights(log_likelihood(z), Draw(q, eps, z))  # (N, C)
+        running_lse = torch.logaddexp(running_lse, torch.logsumexp(log_w, dim=1))
+        running_sum += log_w.sum(1)
+    return running_sum / k, running_lse - math.log(k)

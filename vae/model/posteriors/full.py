@@ -4,7 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vae.cholesky import at_least_float32, entries_to_scale_tril, log_diag, scale_tril_to_entries, tril_size
+from vae.cholesky import (
+    at_least_float32, entries_to_scale_tril, log_diag, mvn_log_prob, scale_tril_to_entries, tril_size,
+)
 from vae.model.posteriors.base import GaussianPosterior, log_standard_normal
 
 __all__ = ["FullGaussian"]
@@ -49,9 +51,7 @@ class FullGaussian(GaussianPosterior):
         return log_standard_normal(eps) - log_diag(self._scale_tril).sum(-1, keepdim=True)  # no solve
 
     def log_prob(self, z):
-        diff = (z - self.loc.unsqueeze(1)).mT  # (N, D, K)
-        eps = torch.linalg.solve_triangular(self._scale_tril, diff, upper=False).mT  # (N, K, D)
-        return self.log_prob_draws(eps, z)
+        return mvn_log_prob(z, self.loc.unsqueeze(1), self._scale_tril.unsqueeze(1))  # one solve per Gaussian
 
     def log_det(self):
         return 2.0 * log_diag(self._scale_tril).sum(-1)
