@@ -136,3 +136,30 @@ def test_bad_data_is_one_line_exit_2_and_writes_nothing(tmp_path, case):
                      str(tmp_path / "runs"), "--no-progress")
     one_line_usage_error(result, *needles)
     assert not (tmp_path / "runs").exists()
+
+
+def test_evaluate_visualize_and_gaps_follow_the_data(tmp_path):
+    """An image run and a table run through the three readers: bits per dimension for 8-bit images only
+    (a density has none), pictures that fit the data, and the split the run was trained on."""
+    images(tmp_path / "imgs.npz")
+    table(tmp_path / "rows.npy")
+    runs = {name: train(TrainConfig(dataset=str(tmp_path / f"{name}.{suffix}"), out_dir=str(tmp_path), **TINY),
+                        log=quiet) for name, suffix in (("imgs", "npz"), ("rows", "npy"))}
+    for name, run in runs.items():
+        result = run_cli("-m", "vae.evaluate", str(run / "best.pt"), "--k", "20", "--no-progress")
+        assert result.returncode == 0, result.stderr
+        scores = json.loads((run / "eval-test-k20.json").read_text())
+        assert scores["images"] == 24  # the given test split of 24 images; 240 rows hold out 24
+        assert ("bits_per_dim" in scores) == (name == "imgs"), scores
+        pictures = run_cli("-m", "vae.visualize", str(run / "best.pt"))
+        assert pictures.returncode == 0, pictures.stderr
+        written = {p.name for p in run.glob("*.png")}
+        assert written == {"reconstructions.png", "samples.png", "latent.png", "curves.png", "ellipses.png"} | (
+            {"manifold.png"} if name == "imgs" else set())
+        gaps = run_cli("-m", "vae.gaps", str(run / "best.pt"), "--k", "20", "--steps", "3", "--limit", "6",
+                       "--families", "full", "diagonal", "--no-progress")
+        assert gaps.returncode == 0, gaps.stderr
+    import matplotlib.image
+
+    colour = matplotlib.image.imread(runs["imgs"] / "reconstructions.png")  # (H, W, 4) RGBA
+    assert (colour[..., 0] != colour[..., 1]).any(), "a colour grid, not grey"

@@ -219,6 +219,11 @@ class TrainConfig:
         check_estimator(self.objective, self.k, self.estimator)
 
     @property
+    def data_path(self) -> typing.Optional[Path]:
+        """``dataset`` as an absolute path, or None for a registered dataset's name."""
+        return None if self.dataset in DATASETS else Path(os.path.abspath(os.path.expanduser(self.dataset)))
+
+    @property
     def binarizes(self) -> bool:
         """Whether each batch is drawn binary: ``binarize dynamic`` under a likelihood of binary data (the
         Bernoulli; ``auto`` in a config stored before runs recorded their likelihood, an MNIST run's)."""

@@ -42,7 +42,7 @@ from vae.cli import ArgumentParser, add_checkpoint_args, command_name, require_p
 from vae.errors import FullcovError
 from vae.streams import say
 from vae.config import check_seed
-from vae.data import evaluation_images, load_split, resolve_data_dir
+from vae.data import run_split
 from vae.devices import accumulator_dtype, resolve_device, set_threads
 from vae.model import VAE
 from vae.model.objectives import importance_weighted_bounds, sample_chunk
@@ -65,7 +65,8 @@ def portable_path(path: Path) -> str:
 def evaluate_model(
     model: VAE, images: torch.Tensor, k: int = 5000, batch_size: int = 20, seed: int = 0, progress: bool = True,
 ) -> dict[str, float]:
-    """Mean -ELBO, NLL bound and bits/dim of ``images`` ``(N, 784)`` (already binarized).
+    """Mean -ELBO and NLL bound of ``images`` ``(N, P)`` (already binarized), in nats per example and in the
+    data's own units; for a likelihood of discrete values (8-bit, binary) also in bits per dimension.
 
     Args:
         model: the VAE, on the device of ``images``.
@@ -78,12 +79,15 @@ def evaluate_model(
     sums = torch.zeros(2, dtype=accumulator_dtype(images.device), device=images.device)  # -elbo, nll
     with tqdm(total=len(images), desc=f"K={k}", unit="img", disable=not progress, dynamic_ncols=True) as bar:
         for x in images.split(batch_size):
-            log_lik = lambda z: model.likelihood.log_prob(model.decode(z), x)  # noqa: E731
+            log_lik = lambda z: model.likelihood.log_prob(model.params(z), x)  # noqa: E731
             elbo, log_px = importance_weighted_bounds(log_lik, model.q(x), k, chunk, generator)
             sums -= torch.stack([elbo.sum(), log_px.sum()]).to(sums.dtype)
             bar.update(len(x))
     neg_elbo, nll = (sums / len(images)).tolist()
-    return {"neg_elbo": neg_elbo, "nll": nll, "bits_per_dim": nll / (images.shape[1] * math.log(2))}
+    result = {"neg_elbo": neg_elbo, "nll": nll}
+    if model.likelihood.discrete:  # a probability mass; a density's bits per dimension would mean nothing
+        result["bits_per_dim"] = nll / (images.shape[1] * math.log(2))
+    return result
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -117,10 +121,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     set_threads(args.threads)
     model, config, _ = load_run(checkpoint, map_location=device)
-    split = load_split(config.dataset, resolve_data_dir(args.data_dir, config.data_dir),
-                       train=args.split == "train", limit=args.limit, device=device)
-    images = evaluation_images(split.images, config.binarize)
-    if config.binarize != "dynamic":
+    images, _, _ = run_split(config, args.data_dir, train=args.split == "train", limit=args.limit, device=device)
+    if config.binarize != "dynamic" and model.likelihood.name == "bernoulli":
         say(f"note: {checkpoint} was trained on intensities (--binarize none); the Bernoulli "
             "bound on them is not a likelihood of binary images", file=sys.stderr)
     start = time.perf_counter()
@@ -128,8 +130,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = {"checkpoint": portable_path(checkpoint), "split": args.split, "images": len(images), "k": args.k,
               "seed": args.seed, **result, "seconds": time.perf_counter() - start, "device": str(device),
               "threads": torch.get_num_threads()}
-    say(f"{args.split} -ELBO {result['neg_elbo']:.3f}  NLL (K={args.k}) {result['nll']:.3f} nats  "
-        f"{result['bits_per_dim']:.4f} bits/dim  [{len(images)} images, {result['seconds']:.0f}s]")
+    bits = f"{result['bits_per_dim']:.4f} bits/dim  " if "bits_per_dim" in result else ""
+    say(f"{args.split} -ELBO {result['neg_elbo']:.3f}  NLL (K={args.k}) {result['nll']:.3f} nats  {bits}"
+        f"[{len(images)} {'images' if len(config.data_shape or (1, 28, 28)) == 3 else 'rows'}, "
+        f"{result['seconds']:.0f}s]")
     write_text_atomic(out, json.dumps(result, indent=2) + "\n")  # a full disk: no partial JSON, an older one intact
     say(f"wrote {out}")
     return 0

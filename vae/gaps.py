@@ -55,7 +55,7 @@ from vae.cli import ArgumentParser, add_checkpoint_args, command_name, require_p
 from vae.errors import ArgumentError, FullcovError
 from vae.streams import say
 from vae.config import check_seed
-from vae.data import evaluation_images, load_split, resolve_data_dir
+from vae.data import run_split
 from vae.devices import resolve_device, set_threads
 from vae.model import FAMILIES, Draw, GaussianPosterior
 from vae.model.objectives import importance_weighted_bounds, log_weights
@@ -99,7 +99,7 @@ def fixed_noise(n: int, samples: int, dim: int, generator: torch.Generator, devi
 def _elbo(model, x: torch.Tensor, q: GaussianPosterior, eps: torch.Tensor) -> torch.Tensor:
     """The ELBO of each image ``(N,)`` averaged over the given draws ``eps (N, S, E)`` of q."""
     z = q.transform(eps)  # (N, S, D)
-    return log_weights(model.likelihood.log_prob(model.decode(z), x), Draw(q, eps, z)).mean(1)
+    return log_weights(model.likelihood.log_prob(model.params(z), x), Draw(q, eps, z)).mean(1)
 
 
 def optimize_family(model, x: torch.Tensor, start: GaussianPosterior, family: str, settings: GapSettings,
@@ -143,7 +143,7 @@ def optimize_family(model, x: torch.Tensor, start: GaussianPosterior, family: st
 def estimate_bounds(model, x: torch.Tensor, q: GaussianPosterior, k: int, generator: torch.Generator,
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fresh estimates ``(N,)`` from ``k`` draws of q: each image's ELBO and its importance-weighted log p(x)."""
-    log_lik = lambda z: model.likelihood.log_prob(model.decode(z), x)  # noqa: E731
+    log_lik = lambda z: model.likelihood.log_prob(model.params(z), x)  # noqa: E731
     return importance_weighted_bounds(log_lik, q, k, generator=generator)
 
 
@@ -248,9 +248,7 @@ def _measure(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     set_threads(args.threads)
     model, config, _ = load_run(checkpoint, map_location=device)
-    split = load_split(config.dataset, resolve_data_dir(args.data_dir, config.data_dir), train=False,
-                       limit=args.limit, device=device)
-    images = evaluation_images(split.images, config.binarize)
+    images, _, _ = run_split(config, args.data_dir, limit=args.limit, device=device)
     settings = GapSettings(args.steps, args.samples, args.lr, args.rank)
     families += [] if model.family in families else [model.family]  # the amortization gap needs the model's own
     per_image = gaps(model, images, families, settings, args.k, args.seed, args.progress)

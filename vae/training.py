@@ -236,7 +236,9 @@ def resolve_data(config: TrainConfig, dataset: Dataset) -> TrainConfig:
     check = make_likelihood(likelihood, math.prod(dataset.shape)).check
     for name, split in (("train", dataset.train), ("test", dataset.test)):
         check(split.data, f"{config.dataset} ({name} split, {dataset.kind})")
-    return dataclasses.replace(config, data_kind=dataset.kind, data_shape=dataset.shape, likelihood=likelihood)
+    where = str(config.data_path) if config.data_path else config.dataset  # the path the run records: absolute
+    return dataclasses.replace(config, dataset=where, data_kind=dataset.kind, data_shape=dataset.shape,
+                               likelihood=likelihood)
 
 
 def _splits(config: TrainConfig, dataset: Dataset) -> tuple[ImageSplit, torch.Tensor]:

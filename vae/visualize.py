@@ -3,9 +3,12 @@
     python -m vae.visualize checkpoints/<run>/best.pt [--out DIR] [--data-dir DIR]
 
 Writes ``reconstructions.png``, ``samples.png``, ``latent.png``,
-``curves.png`` and, for a 2-D latent space, ``manifold.png`` and
-``ellipses.png``: the 1σ posterior ellipses of test images, tilted where the
-full covariance captures correlation. Figures are drawn with matplotlib's
+``curves.png`` and, for a 2-D latent space, ``manifold.png`` (images only) and
+``ellipses.png``: the 1σ posterior ellipses of test examples, tilted where the
+full covariance captures correlation. The pictures follow the data: grey or
+colour image grids; for table rows, each column against its reconstruction and
+a pair plot of samples over the test rows; points coloured by label when the
+data have labels. Figures are drawn with matplotlib's
 object API (no pyplot, no GUI backend). Each PNG is rendered in memory and
 written atomically (:func:`vae.run.files.save_figure`): a full disk gets one line and exit
 code 1, and every picture is whole, the old one or the new one.
@@ -24,7 +27,7 @@ from vae.choices import check_path
 from vae.cli import ArgumentParser, add_checkpoint_args, command_name, test_hooks
 from vae.errors import FullcovError
 from vae.streams import say
-from vae.data import load_split, resolve_data_dir
+from vae.data import run_split
 from vae.model import VAE
 from vae.run.checkpoint import PRETRAINED, load_run
 from vae.run.files import save_figure
@@ -39,37 +42,109 @@ CMAP = "tab10"
 
 
 def image_grid(images: torch.Tensor, rows: int) -> torch.Tensor:
-    """Tile ``(rows * cols, 784)`` images into one ``(28 rows, 28 cols)`` picture."""
-    cols = images.shape[0] // rows
-    tiles = images[: rows * cols].reshape(rows, cols, 28, 28)
-    return tiles.permute(0, 2, 1, 3).reshape(rows * 28, cols * 28).cpu()
+    """Tile ``(rows * cols, C, H, W)`` images, values in [0, 1], into one picture.
+
+    Returns ``(rows * H, cols * W)`` for one channel, ``(rows * H, cols * W, 3)`` for colour (RGB, or the
+    first three channels); other channel counts show their first channel.
+    """
+    n, c, h, w = images.shape
+    cols = n // rows
+    tiles = images[: rows * cols].reshape(rows, cols, c, h, w)
+    picture = tiles.permute(0, 3, 1, 4, 2).reshape(rows * h, cols * w, c).float().clamp(0, 1).cpu()
+    return picture[..., :3] if c >= 3 else picture[..., 0]
 
 
 def _show(fig: Figure, picture: torch.Tensor, title: str) -> Figure:
     ax = fig.add_subplot()
-    ax.imshow(picture.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(picture.numpy(), cmap="gray" if picture.dim() == 2 else None, vmin=0, vmax=1,
+              interpolation="nearest")
     ax.set_title(title)
     ax.axis("off")
     return fig
 
 
+def _pixels(model: VAE, x: torch.Tensor) -> torch.Tensor:
+    """Examples ``(N, P)`` or ``(N, *data_shape)`` in the data's units as images ``(N, C, H, W)`` in [0, 1]."""
+    return x.reshape(len(x), *model.data_shape).float() / model.likelihood.pixel_scale
+
+
 @torch.no_grad()
-def reconstructions_figure(model: VAE, images: torch.Tensor, n: int = 16) -> Figure:
-    """Test images ``(N, 784)`` (two rows) above their reconstructions from the posterior mean."""
-    x = images[: 2 * (n // 2)]
+def reconstructions_figure(model: VAE, x: torch.Tensor, n: int = 16) -> Figure:
+    """Test examples ``(N, P)`` above their reconstructions from the posterior mean: two rows of each for
+    images; for table rows, each of the first columns against its reconstruction."""
+    if model.likelihood.pixel_scale is None:
+        return _columns_figure(model, x)
+    x = x[: 2 * (n // 2)]
     loc, _ = model.encode(x)
-    recon = model.likelihood.mean(model.decode(loc))
-    picture = image_grid(torch.cat([x, recon]), rows=4)
+    picture = image_grid(torch.cat([_pixels(model, x), _pixels(model, model.mean(loc))]), rows=4)
     return _show(Figure(figsize=(n / 2.2, 4.6)), picture, "test images (top) and reconstructions (bottom)")
 
 
+def _columns_figure(model: VAE, x: torch.Tensor, columns: int = 6) -> Figure:
+    """Table rows ``(N, F)``: the first ``columns`` columns, each value against its reconstruction."""
+    recon = model.mean(model.encode(x)[0]).cpu()  # (N, F)
+    x = x.cpu().float()
+    shown = min(columns, x.shape[1])
+    fig = Figure(figsize=(3.2 * shown, 3.4))
+    for j, ax in enumerate(fig.subplots(1, shown, squeeze=False)[0]):
+        ax.scatter(x[:, j].numpy(), recon[:, j].numpy(), s=3, alpha=0.5)
+        low, high = float(x[:, j].min()), float(x[:, j].max())
+        ax.plot([low, high], [low, high], "k--", lw=0.8)
+        ax.set_xlabel(f"column {j + 1}")
+        ax.set_ylabel("reconstruction" if j == 0 else "")
+    fig.suptitle(f"test rows against their reconstructions from the posterior mean (first {shown} of "
+                 f"{x.shape[1]} columns)")
+    fig.tight_layout()
+    return fig
+
+
 @torch.no_grad()
-def samples_figure(model: VAE, n: int = 64, seed: int = 0) -> Figure:
-    """A grid of images decoded from prior samples z ~ N(0, I)."""
-    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+def samples_figure(model: VAE, n: int = 64, seed: int = 0, data: Optional[torch.Tensor] = None) -> Figure:
+    """A grid of images decoded from prior samples z ~ N(0, I) (the likelihood's means); for table rows, a pair
+    plot of the first columns of draws x ~ p(x|z) p(z) over the test rows ``data``."""
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    if model.likelihood.pixel_scale is None:
+        z = torch.randn(max(n, len(data) if data is not None else 0), model.latent_dim, device=device,
+                        generator=generator)
+        return _pairs_figure(model.likelihood.sample(model.params(z), generator).cpu(), data)
     rows = int(math.sqrt(n))
-    picture = image_grid(model.sample(rows * rows, generator), rows=rows)
+    picture = image_grid(_pixels(model, model.sample(rows * rows, generator)), rows=rows)
     return _show(Figure(figsize=(6, 6.4)), picture, "samples from the prior")
+
+
+def _pairs_figure(samples: torch.Tensor, data: Optional[torch.Tensor], columns: int = 3) -> Figure:
+    """A pair plot of the first ``columns`` columns: the test rows (grey) and the model's samples."""
+    shown = min(columns, samples.shape[1])
+    fig = Figure(figsize=(3.2 * shown, 3.2 * shown))
+    cells = fig.subplots(shown, shown, squeeze=False)
+    for i in range(shown):
+        for j in range(shown):
+            ax = cells[i, j]
+            if i == j:
+                if data is not None:
+                    ax.hist(data[:, j].cpu().float().numpy(), bins=40, color="0.6", density=True, label="test")
+                ax.hist(samples[:, j].numpy(), bins=40, histtype="step", density=True, label="samples")
+            else:
+                if data is not None:
+                    ax.scatter(data[:, j].cpu().numpy(), data[:, i].cpu().numpy(), s=2, color="0.6", alpha=0.4)
+                ax.scatter(samples[:, j].numpy(), samples[:, i].numpy(), s=2, alpha=0.4)
+            ax.set_xlabel(f"column {j + 1}" if i == shown - 1 else "")
+            ax.set_ylabel(f"column {i + 1}" if j == 0 else "")
+    cells[0, 0].legend(fontsize=7)
+    fig.suptitle("test rows (grey) and the model's draws")
+    fig.tight_layout()
+    return fig
+
+
+def _colour(ax, fig, points: torch.Tensor, labels: Optional[torch.Tensor], alpha: float):
+    """Scatter ``points (N, 2)``, coloured by ``labels`` with a colour bar when there are labels, plain otherwise."""
+    if labels is None:
+        return ax.scatter(*points.cpu().T.numpy(), s=2, alpha=alpha, color="C0")
+    labels = labels.cpu().numpy()
+    scatter = ax.scatter(*points.cpu().T.numpy(), c=labels, cmap=CMAP, s=2, alpha=alpha)
+    fig.colorbar(scatter, ax=ax, ticks=range(int(labels.max()) + 1) if len(labels) else None, label="label")
+    return scatter
 
 
 def _project(loc: torch.Tensor) -> tuple[torch.Tensor, str]:
@@ -82,14 +157,13 @@ def _project(loc: torch.Tensor) -> tuple[torch.Tensor, str]:
 
 
 @torch.no_grad()
-def latent_figure(model: VAE, images: torch.Tensor, labels: torch.Tensor) -> Figure:
-    """Posterior means of test images, coloured by label (PCA when D > 2)."""
+def latent_figure(model: VAE, images: torch.Tensor, labels: Optional[torch.Tensor]) -> Figure:
+    """Posterior means of test examples, coloured by label when there are labels (PCA when D > 2)."""
     loc, _ = model.encode(images)
     points, axis = _project(loc)
     fig = Figure(figsize=(7, 6))
     ax = fig.add_subplot()
-    scatter = ax.scatter(*points.cpu().T.numpy(), c=labels.cpu().numpy(), cmap=CMAP, s=2, alpha=0.6)
-    fig.colorbar(scatter, ax=ax, ticks=range(10), label="label")
+    _colour(ax, fig, points, labels, alpha=0.6)
     ax.set_xlabel(f"{axis}1")
     ax.set_ylabel(f"{axis}2")
     title = "latent space" if axis == "z" else f"PCA of posterior means (D = {loc.shape[1]})"
@@ -103,13 +177,13 @@ def manifold_figure(model: VAE, n: int = 20) -> Figure:
     device = next(model.parameters()).device
     q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n)).to(device)
     grid = torch.stack(torch.meshgrid(q, q.flip(0), indexing="xy"), -1).reshape(-1, 2)  # (n*n, 2)
-    picture = image_grid(model.likelihood.mean(model.decode(grid)), rows=n)
+    picture = image_grid(_pixels(model, model.mean(grid)), rows=n)
     return _show(Figure(figsize=(8, 8.4)), picture, "decoded manifold over prior quantiles")
 
 
 @torch.no_grad()
-def ellipses_figure(model: VAE, images: torch.Tensor, labels: torch.Tensor, n: int = 30) -> Figure:
-    """For D = 2: 1σ posterior ellipses {loc + L u : |u| = 1} of ``n`` test images.
+def ellipses_figure(model: VAE, images: torch.Tensor, labels: Optional[torch.Tensor], n: int = 30) -> Figure:
+    """For D = 2: 1σ posterior ellipses {loc + L u : |u| = 1} of ``n`` test examples, coloured by label if any.
 
     Left, at true scale over the scatter of posterior means; right, each
     ellipse on its own equal-aspect axes with its correlation ρ, so the tilt
@@ -117,20 +191,19 @@ def ellipses_figure(model: VAE, images: torch.Tensor, labels: torch.Tensor, n: i
     """
     loc, scale_tril = model.encode(images)
     covariance = scale_tril @ scale_tril.transpose(-1, -2)  # (N, 2, 2)
-    labels = labels.cpu().numpy()
     t = torch.linspace(0, 2 * math.pi, 100, device=loc.device)
     circle = torch.stack([t.cos(), t.sin()])  # (2, 100)
     picks = torch.linspace(0, len(loc) - 1, n).long().tolist()
     fig = Figure(figsize=(15, 6.5))
     main_fig, grid_fig = fig.subfigures(1, 2, width_ratios=[1.1, 1])
     ax = main_fig.add_subplot()
-    scatter = ax.scatter(*loc.cpu().T.numpy(), c=labels, cmap=CMAP, s=2, alpha=0.25)
-    cmap = scatter.get_cmap()
+    scatter = _colour(ax, main_fig, loc, labels, alpha=0.25)
+    colour = (lambda i: "C0") if labels is None else (lambda i: scatter.get_cmap()(scatter.norm(int(labels[i]))))
     cols = math.ceil(math.sqrt(n * 1.2))
     cells = grid_fig.subplots(math.ceil(n / cols), cols, squeeze=False).ravel()
     for cell, i in zip(cells, picks):
         outline = (loc[i, :, None] + scale_tril[i] @ circle).cpu().numpy()  # (2, 100): the 1σ contour
-        color = cmap(scatter.norm(labels[i]))
+        color = colour(i)
         ax.plot(*outline, color=color, lw=1.5)
         ax.plot(*loc[i].cpu().numpy(), "k.", ms=3)
         rho = covariance[i, 0, 1] / covariance[i].diagonal().prod().sqrt()
@@ -141,10 +214,9 @@ def ellipses_figure(model: VAE, images: torch.Tensor, labels: torch.Tensor, n: i
         cell.set_yticks([])
     for cell in cells[len(picks):]:
         cell.axis("off")
-    main_fig.colorbar(scatter, ax=ax, ticks=range(10), label="label")
     ax.set_xlabel("z1")
     ax.set_ylabel("z2")
-    ax.set_title(f"1σ posterior ellipses of {n} test images, true scale")
+    ax.set_title(f"1σ posterior ellipses of {n} test examples, true scale")
     grid_fig.suptitle("the same ellipses, each on its own axes (equal aspect)")
     return fig
 
@@ -183,16 +255,17 @@ def write_run_pictures(
         vae.run.files.WriteError: a picture could not be written; those before it were.
     """
     model, config, state = load_run(checkpoint, map_location=device)
-    test = load_split(config.dataset, resolve_data_dir(data_dir, config.data_dir), train=False, device=device)
+    x, labels, _ = run_split(config, data_dir, device=device)  # (N, P): the test split
     figures = {
-        "reconstructions": reconstructions_figure(model, test.images),
-        "samples": samples_figure(model),
-        "latent": latent_figure(model, test.images, test.labels),
+        "reconstructions": reconstructions_figure(model, x),
+        "samples": samples_figure(model, data=x[:2000]),
+        "latent": latent_figure(model, x, labels),
         "curves": curves_figure(state["metrics"]),
     }
     if model.latent_dim == 2:
-        figures["manifold"] = manifold_figure(model)
-        figures["ellipses"] = ellipses_figure(model, test.images, test.labels)
+        if model.likelihood.pixel_scale is not None:  # images: the decoded manifold
+            figures["manifold"] = manifold_figure(model)
+        figures["ellipses"] = ellipses_figure(model, x, labels)
     out_dir = make_output_folder(Path(out_dir), "pictures")
     return [save_figure(fig, out_dir / f"{name}.png", dpi=110, bbox_inches="tight") for name, fig in figures.items()]
 

@@ -52,6 +52,7 @@ __all__ = [
     "Dataset",
     "held_out",
     "load_dataset",
+    "run_split",
 ]
 
 _FILE_READERS = {".npz": read_npz, ".npy": read_npy, ".pt": read_pt, ".csv": read_csv}
@@ -156,3 +157,33 @@ def _assemble(raw: Raw, request: Request) -> Dataset:
         test=Split(convert(raw.name, test, kind, raw.pixels, device), to_device(test_labels)),
         classes=classes, split=split,
     )
+
+
+def run_split(config, data_dir: Optional[str] = None, *, train: bool = False, limit: Optional[int] = None,
+              device: Union[torch.device, str] = "cpu") -> tuple[torch.Tensor, Optional[torch.Tensor], Dataset]:
+    """The rows a trained run is evaluated on: its dataset read and split as its training read and split it.
+
+    Args:
+        config: the run's :class:`vae.config.TrainConfig` (as its checkpoint stores it).
+        data_dir: the data root given now; else ``$VAE_DATA_DIR``, else the run's (:func:`resolve_data_dir`).
+        train: the training split, else the test split; limit: keep its first ``limit`` rows.
+        device: where the rows live.
+
+    Returns:
+        ``(rows, labels, dataset)``: the split flattened ``(N, P)`` in the data's own units (binarized once
+        with the fixed seed under dynamic binarization, :func:`evaluation_images`), its labels ``(N,)`` or
+        None, and the whole :class:`Dataset`.
+
+    Raises:
+        DataError: the data cannot be read, or no longer has the shape the run was trained on.
+    """
+    dataset = load_dataset(config.dataset, resolve_data_dir(data_dir, config.data_dir),
+                           kind=config.data_kind, test_fraction=config.test_fraction, device=device)
+    shape = tuple(config.data_shape or (1, 28, 28))  # a run stored before runs recorded their shape: MNIST
+    if dataset.shape != shape:
+        raise DataError(f"{config.dataset}: examples of shape {dataset.shape}, but the run was trained on {shape}; "
+                        "point `data_dir` (or the file) at the data it was trained on")
+    split = dataset.train if train else dataset.test
+    data, labels = split.data[:limit], None if split.labels is None else split.labels[:limit]
+    rows = data.reshape(len(data), -1)  # (N, P)
+    return evaluation_images(rows, "dynamic" if config.binarizes else "none"), labels, dataset

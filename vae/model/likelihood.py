@@ -93,11 +93,16 @@ class Likelihood(nn.Module):
     """The interface: a likelihood for data of ``dim`` dimensions (``None``: any).
 
     Attributes:
-        name: its choice name; params_per_pixel: the decoder's outputs per data dimension.
+        name: its choice name; params_per_pixel: the decoder's outputs per data dimension;
+        discrete: whether :meth:`log_prob` is a probability mass (the evaluator then reports bits per
+        dimension), not a density; pixel_scale: the value of a white pixel, or None for data that are not
+        pictures.
     """
 
     name: str = ""
     params_per_pixel: int = 1
+    discrete: bool = True  # a probability mass (bits per dimension mean something), else a density
+    pixel_scale: Optional[float] = None  # the value of a white pixel, for pictures; None: not images
 
     def __init__(self, dim: Optional[int] = None):
         super().__init__()
@@ -132,7 +137,7 @@ class BernoulliLikelihood(Likelihood):
     ``x`` may hold intensities in [0, 1] (the cross-entropy, as with ``--binarize none``).
     """
 
-    name, params_per_pixel = "bernoulli", 1
+    name, params_per_pixel, pixel_scale = "bernoulli", 1, 1.0
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` itself when floating (bit for bit what the encoder always saw), else ``x`` in float32."""
@@ -182,7 +187,7 @@ class GaussianLikelihood(Likelihood):
         dim: P, the number of columns.
     """
 
-    name, params_per_pixel = "gaussian", 1
+    name, params_per_pixel, discrete = "gaussian", 1, False
 
     def __init__(self, dim: int):
         super().__init__(dim)
@@ -274,7 +279,7 @@ class DiscretizedLogisticLikelihood(Likelihood):
     bits per dimension are ``-log_prob / (P * ln 2)``.
     """
 
-    name, params_per_pixel = "logistic", 2
+    name, params_per_pixel, pixel_scale = "logistic", 2, 255.0
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """8-bit values 0..255 (uint8 or float) to ``x / 127.5 - 1`` in [-1, 1], at least float32."""

@@ -107,6 +107,8 @@ class RunFolder:
         for name in sorted(given - set(RESUMABLE_OVERRIDES)):
             if getattr(self.config, name) == UNRESOLVED.get(name, ...):  # auto: the run's choice stands
                 continue
+            if name == "dataset" and self.config.data_path and self.config.data_path == stored.data_path:
+                continue  # the same file, named relative to another folder
             if getattr(self.config, name) != getattr(stored, name):
                 raise ArgumentError("resume", f": {self.last} was trained with `{name}` {getattr(stored, name)!r}; "
                                               "drop that value or start a new run")
