@@ -39,7 +39,8 @@ class LinearGaussian(nn.Module):
         self.b = nn.Parameter(torch.randn(P, generator=g, dtype=torch.float64))
         self.likelihood = GaussianLikelihood()
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def params(self, z: torch.Tensor) -> torch.Tensor:
+        """The likelihood's parameters: the means W z + b."""
         return z @ self.W.T + self.b
 
     def q(self, x: torch.Tensor) -> FullGaussian:
@@ -65,7 +66,7 @@ def measured():
     torch.manual_seed(1)
     model = LinearGaussian()
     with torch.no_grad():
-        x = model.decode(torch.randn(N, D, dtype=torch.float64)) + SIGMA * torch.randn(N, P, dtype=torch.float64)
+        x = model.params(torch.randn(N, D, dtype=torch.float64)) + SIGMA * torch.randn(N, P, dtype=torch.float64)
     per_image = gaps(model, x, ["full", "diagonal"], GapSettings(steps=400, samples=32, lr=0.05), k=2000,
                      progress=False)
     return model, x, per_image
