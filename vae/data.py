@@ -16,7 +16,7 @@ import torch
 import torchvision
 
 from vae.choices import DATASETS, check_choice
-from vae.errors import UsageError
+from vae.errors import UsageError, first_line
 
 __all__ = [
     "DataError",
@@ -80,7 +80,7 @@ def _torchvision_split(dataset: str, root: Path, train: bool):
         return cls(str(root), train=train, download=True)
     except (RuntimeError, OSError) as err:  # offline, unwritable root, incomplete download
         _remove_empty(created)
-        raise DataError(f"{hint} ({str(err).splitlines()[0]})") from None
+        raise DataError(f"{hint} ({first_line(err)})") from None
 
 
 def _raw_names(cls) -> list:
@@ -144,7 +144,7 @@ def load_split(
         split = _torchvision_split(dataset, root, train)
         images, labels = split.data, split.targets
     except (AssertionError, ValueError, KeyError, IndexError, RuntimeError) as err:
-        detail = (str(err).strip() or "bad header").splitlines()[0]
+        detail = first_line(err) if str(err).strip() else "bad header"
         raise DataError(
             f"corrupted {dataset} files under {root / DATASETS[dataset] / 'raw'}: "
             f"not valid IDX data ({type(err).__name__}: {detail}); "
