@@ -61,6 +61,16 @@ class ArgumentParser(argparse.ArgumentParser):
             say(f"{self.prog}: error: {first_line(as_flags(str(message)))}", file=sys.stderr)
         return 1
 
+    def run(self, command: typing.Callable[[], int]) -> int:
+        """Run a command's body, once its flags are parsed: the test hooks installed if a ``VAE_TEST_*``
+        variable asks for them (:func:`test_hooks`), and any :class:`~vae.errors.FullcovError` reported in
+        one line (:meth:`report`); return the exit code."""
+        try:
+            with test_hooks():
+                return command()
+        except FullcovError as err:
+            return self.report(err)
+
     def report(self, err: FullcovError, own: bool = False) -> int:
         """Print ``err`` in one line as its kind asks and return its exit code (2 for a usage error).
 

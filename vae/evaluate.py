@@ -38,8 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vae.choices import check_path
-from vae.cli import ArgumentParser, add_checkpoint_args, command_name, require_positive, test_hooks
-from vae.errors import FullcovError
+from vae.cli import ArgumentParser, add_checkpoint_args, command_name, require_positive
 from vae.streams import say
 from vae.config import check_seed
 from vae.data import run_split
@@ -102,11 +101,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     add_checkpoint_args(parser, PRETRAINED, "checkpoint to evaluate", seed_help="seed of the posterior noise")
     args = parser.parse_args(argv)
     require_positive(parser, args, "k", "batch_size", "limit")
-    try:
-        with test_hooks():
-            return _evaluate(args)
-    except FullcovError as err:  # a usage error: exit code 2; a broken checkpoint, a full disk: 1
-        return parser.report(err)
+    return parser.run(lambda: _evaluate(args))  # a usage error: exit code 2; a broken checkpoint, a full disk: 1
 
 
 def _evaluate(args: argparse.Namespace) -> int:

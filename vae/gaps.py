@@ -51,8 +51,8 @@ import torch
 from tqdm.auto import tqdm
 
 from vae.choices import FAMILIES as FAMILY_NAMES, check_path
-from vae.cli import ArgumentParser, add_checkpoint_args, command_name, require_positive, test_hooks
-from vae.errors import ArgumentError, FullcovError
+from vae.cli import ArgumentParser, add_checkpoint_args, command_name, require_positive
+from vae.errors import ArgumentError
 from vae.streams import say
 from vae.config import check_seed
 from vae.data import run_split
@@ -224,11 +224,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     add_checkpoint_args(parser, PRETRAINED, "checkpoint", seed_help="seed of every draw")
     args = parser.parse_args(argv)
     require_positive(parser, args, "rank", "limit", "k", "steps", "samples")
-    try:
-        with test_hooks():
-            return _measure(args)
-    except FullcovError as err:  # a usage error: exit code 2; a broken checkpoint, a full disk: 1
-        return parser.report(err)
+    return parser.run(lambda: _measure(args))  # a usage error: exit code 2; a broken checkpoint, a full disk: 1
 
 
 def _measure(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ import torchvision
 
 from vae.choices import DATASETS, check_choice
 from vae.data.dataset import DataError
+from vae.errors import first_line
 
 __all__ = ["MNISTS", "IMAGE_PIXELS", "ImageSplit", "resolve_data_dir", "read_mnist", "load_split", "remove_empty"]
 
@@ -67,7 +68,7 @@ def _torchvision_split(dataset: str, root: Path, train: bool):
         return cls(str(root), train=train, download=True)
     except (RuntimeError, OSError) as err:  # offline, unwritable root, incomplete download
         remove_empty(created)
-        raise DataError(f"{hint} ({str(err).splitlines()[0]})") from None
+        raise DataError(f"{hint} ({first_line(err)})") from None
 
 
 def _raw_names(cls) -> list:
@@ -129,7 +130,7 @@ def read_mnist(dataset: str, data_dir: Optional[str] = None, train: bool = True)
         split = _torchvision_split(dataset, root, train)
         images, labels = split.data, split.targets
     except (AssertionError, ValueError, KeyError, IndexError, RuntimeError) as err:
-        detail = (str(err).strip() or "bad header").splitlines()[0]
+        detail = first_line(err) if str(err).strip() else "bad header"
         raise DataError(
             f"corrupted {dataset} files under {root / DATASETS[dataset].torchvision / 'raw'}: "
             f"not valid IDX data ({type(err).__name__}: {detail}); "

@@ -20,7 +20,7 @@ import torch
 from vae.choices import PRETRAINED_DIR
 from vae.config import TrainConfig, config_from_dict
 from vae.devices import available
-from vae.errors import ArgumentError, FullcovError, UsageError
+from vae.errors import ArgumentError, FullcovError, UsageError, first_line
 from vae.model import VAE
 from vae.run.files import write_bytes_atomic
 from vae.run.schema import FORMAT, validate_state
@@ -167,8 +167,7 @@ def load_weights(model: torch.nn.Module, weights: Any, path: str | Path) -> None
     try:
         model.load_state_dict(weights)
     except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: weights do not fit the stored architecture ({first})") from None
+        raise CheckpointError(f"{path}: weights do not fit the stored architecture ({first_line(err)})") from None
 
 
 def load_initial_weights(config: TrainConfig) -> dict[str, torch.Tensor]:

@@ -37,7 +37,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
-from vae.errors import FullcovError
+from vae.errors import FullcovError, first_line
 from vae.streams import native_stderr_held
 
 __all__ = ["DistributedError", "PeerFailed", "Ranks", "from_env", "current", "process_group", "rank_seed",
@@ -82,7 +82,7 @@ def _is_communication_error(err: BaseException) -> bool:
 
 def _first_line(err: BaseException) -> str:
     """The first line of ``err``, less a ``[file.cc:123]`` prefix and gloo's advice after the first sentence."""
-    line = (str(err).strip() or type(err).__name__).splitlines()[0]
+    line = first_line(err)
     line = re.sub(r"^\[[^\]]*\]\s*", "", line)
     return line.split(". ")[0].rstrip(".")
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from vae.config import config_from_dict
+from vae.errors import first_line
 
 __all__ = ["FORMAT", "REQUIRED_KEYS", "METRIC_KEYS", "StateError", "validate_state", "expected_shapes"]
 
@@ -103,7 +104,7 @@ def _check_model(weights: Any, config) -> None:
     try:
         expected = expected_shapes(config)
     except (RuntimeError, ValueError, OverflowError, MemoryError) as err:  # sizes past what a tensor can be
-        raise StateError("config", f"describes a model no machine can build ({str(err).splitlines()[0]:.80})") from None
+        raise StateError("config", f"describes a model no machine can build ({first_line(err):.80})") from None
     unfit = "(the weights do not fit the stored architecture)"
     for name, shape in expected.items():
         if name not in weights:
@@ -139,7 +140,7 @@ def validate_state(state: Any, path: str | Path) -> None:
         config = dataclasses.replace(config_from_dict(state["config"]), run_name=None)
         config.validate()
     except (AttributeError, TypeError, ValueError) as err:  # impossible values
-        raise CheckpointError(f"{path}: its stored config is invalid ({str(err).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: its stored config is invalid ({first_line(err)})") from None
     try:
         _check_int("epoch", state["epoch"])
         for key in ("step",):
