@@ -163,3 +163,16 @@ def test_evaluate_visualize_and_gaps_follow_the_data(tmp_path):
 
     colour = matplotlib.image.imread(runs["imgs"] / "reconstructions.png")  # (H, W, 4) RGBA
     assert (colour[..., 0] != colour[..., 1]).any(), "a colour grid, not grey"
+
+
+def test_a_resume_or_an_evaluation_on_changed_data_is_refused(tmp_path):
+    """The held-out split is a function of the rows: a file that gained rows would move it."""
+    x = table(tmp_path / "rows.npy")
+    run = train(TrainConfig(dataset=str(tmp_path / "rows.npy"), out_dir=str(tmp_path), **TINY), log=quiet)
+    assert json.loads((run / "config.json").read_text())["data_rows"] == 240
+    np.save(tmp_path / "rows.npy", np.concatenate([x, x[:10]]))
+    result = run_cli("-m", "vae.evaluate", str(run / "best.pt"), "--k", "5", "--no-progress")
+    one_line_usage_error(result, "250 rows", "240")
+    with pytest.raises(ArgumentError, match="holds 250 rows; the run was trained on 240"):
+        train(TrainConfig(dataset=str(tmp_path / "rows.npy"), out_dir=str(tmp_path), resume=True,
+                          **{**TINY, "epochs": 3}), log=quiet)

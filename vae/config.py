@@ -92,6 +92,9 @@ class TrainConfig:
     data_shape: typing.Optional[typing.Tuple[int, ...]] = _knob(
         None, "one example's shape, (C, H, W) or (F,): recorded when a run starts (not a flag); None: (1, 28, 28)",
         flag=False)
+    data_rows: typing.Optional[int] = _knob(
+        None, "the rows of a source whose test split is held out, recorded when a run starts (not a flag): the "
+              "split is a function of them", flag=False)
     limit: typing.Optional[int] = _knob(None, "use only the first N training images")
     binarize: str = _knob("dynamic", "bernoulli likelihood: fresh Bernoulli pixels every batch, or raw intensities",
                           BINARIZATIONS)
@@ -169,6 +172,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not _is_int(value) or value < 0:
                 raise ArgumentError(name, f"must be a non-negative integer, got {value!r}")
+        if self.data_rows is not None and (not _is_int(self.data_rows) or self.data_rows < 2):
+            raise ArgumentError("data_rows", f"must be an integer of at least 2, got {self.data_rows!r}")
         if self.limit is not None and (not _is_int(self.limit) or self.limit < 1):
             raise ArgumentError("limit", f"must be a positive integer, got {self.limit!r}")
         for name in ("lr", "adam_eps", "dist_timeout", "grad_clip", "test_fraction"):

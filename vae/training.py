@@ -219,15 +219,16 @@ def _load_data(config: TrainConfig, device: torch.device) -> Dataset:
 
 
 def resolve_data(config: TrainConfig, dataset: Dataset) -> TrainConfig:
-    """``config`` with the kind, shape and likelihood of ``dataset`` (what ``auto`` picks), once sure they fit.
+    """``config`` with what ``dataset`` is (its absolute path, kind, shape, held-out rows) and the likelihood
+    ``auto`` picks for it, once sure they fit: the facts the checkpoint records.
 
     ``likelihood auto`` picks from the kind of data (:data:`vae.choices.LIKELIHOOD_OF_KIND`); dynamic
-    binarization belongs to the Bernoulli likelihood alone (:attr:`vae.config.TrainConfig.binarizes`). A resumed run's recorded shape must be the
-    data's.
+    binarization belongs to the Bernoulli likelihood alone (:attr:`vae.config.TrainConfig.binarizes`). A
+    resumed run's recorded shape and rows must be the data's.
 
     Raises:
-        vae.errors.ArgumentError: a likelihood that cannot fit the data, or data of another shape than the
-            run was trained on.
+        vae.errors.ArgumentError: a likelihood that cannot fit the data, or data of another shape (or, with a
+            held-out split, another number of rows) than the run was trained on.
     """
     if config.data_shape is not None and tuple(config.data_shape) != dataset.shape:
         raise ArgumentError("dataset", f": {config.dataset} holds examples of shape {dataset.shape}; the run was "
@@ -237,8 +238,12 @@ def resolve_data(config: TrainConfig, dataset: Dataset) -> TrainConfig:
     for name, split in (("train", dataset.train), ("test", dataset.test)):
         check(split.data, f"{config.dataset} ({name} split, {dataset.kind})")
     where = str(config.data_path) if config.data_path else config.dataset  # the path the run records: absolute
+    rows = dataset.split.get("rows")  # a held-out split's rows: the split is a function of them
+    if config.data_rows is not None and rows != config.data_rows:
+        raise ArgumentError("dataset", f": {config.dataset} holds {rows} rows; the run was trained on "
+                                       f"{config.data_rows}, and its test split was held out from them")
     return dataclasses.replace(config, dataset=where, data_kind=dataset.kind, data_shape=dataset.shape,
-                               likelihood=likelihood)
+                               likelihood=likelihood, data_rows=rows)
 
 
 def _splits(config: TrainConfig, dataset: Dataset) -> tuple[ImageSplit, torch.Tensor]:

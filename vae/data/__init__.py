@@ -183,6 +183,9 @@ def run_split(config, data_dir: Optional[str] = None, *, train: bool = False, li
     if dataset.shape != shape:
         raise DataError(f"{config.dataset}: examples of shape {dataset.shape}, but the run was trained on {shape}; "
                         "point `data_dir` (or the file) at the data it was trained on")
+    if config.data_rows is not None and dataset.split.get("rows") != config.data_rows:
+        raise DataError(f"{config.dataset}: {dataset.split.get('rows')} rows, but the run held its test split out "
+                        f"of {config.data_rows}; point `data_dir` (or the file) at the data it was trained on")
     split = dataset.train if train else dataset.test
     data, labels = split.data[:limit], None if split.labels is None else split.labels[:limit]
     rows = data.reshape(len(data), -1)  # (N, P)

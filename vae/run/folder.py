@@ -47,7 +47,7 @@ METRIC_COLUMNS = (
 RESUMABLE_OVERRIDES = ("epochs", "data_dir", "out_dir", "run_name", "resume", "eval_batch_size", "eval_every", "amp",
                        "compile", "plots", "progress", "grad_clip", "device", "dist_timeout", "threads")
 """The flags a resume may change: none changes the model, the data stream or the steps already taken."""
-UNRESOLVED = {"data_kind": "auto", "likelihood": "auto", "data_shape": None}
+UNRESOLVED = {"data_kind": "auto", "likelihood": "auto", "data_shape": None, "data_rows": None}
 """The values a run resolves when it starts (from its data); given so, they leave the stored choice as it is."""
 
 
