@@ -18,14 +18,13 @@ from typing import Any, Iterable, Optional
 
 import torch
 
-from vae.choices import DATASETS, LIKELIHOOD_OF_KIND
 from vae.config import TrainConfig
-from vae.data import Dataset, ImageSplit, evaluation_images, load_dataset
+from vae.data import ImageSplit
 from vae.errors import ArgumentError
 from vae.devices import check_amp, resolve_device, set_threads
 from vae.epoch import epoch_row, evaluate, train_epoch
 from vae.model import VAE
-from vae.model.likelihood import make_likelihood
+from vae.inputs import hot_splits, known_data, load_data, resolve_data
 from vae.run.agreement import Agreement, StopVote
 from vae.run.checkpoint import build_model, load_initial_weights, load_weights
 from vae.run.distributed import Ranks, current, rank_seed
@@ -153,21 +152,21 @@ def _start(folder: RunFolder, log, ranks: Ranks) -> _Run:
     with Agreement(ranks):
         check_batch_split(config.batch_size, ranks.world_size)
         device = ranks.device(resolve_device(config.device))
-        known = _known_data(config)  # a registered dataset's or a resumed run's shape: the step sized first
+        known = known_data(config)  # a registered dataset's or a resumed run's shape: the step sized first
         if known is not None:
             _check_step_memory(known, device, ranks)
         precision = check_amp(device, config.amp)
         log(set_threads(config.threads))
         log(precision)
-        dataset = _load_data(config, device) if ranks.is_main else None
+        dataset = load_data(config, device) if ranks.is_main else None
     with Agreement(ranks):
-        dataset = dataset or _load_data(config, device)
+        dataset = dataset or load_data(config, device)
         config = folder.config = resolve_data(config, dataset)  # what `auto` picked, now part of the run
         log(dataset.describe(config.likelihood))
         if known is None:
             _check_step_memory(config, device, ranks)
         initial = load_initial_weights(config) if config.init_from and not config.resume else None
-        train_data, test_x = _splits(config, dataset)
+        train_data, test_x = hot_splits(config, dataset)
         model, data_gen, noise_gen = _build_model(config, train_data, initial, device, ranks)
         optimizer = make_optimizer(model, config, device)
         folder.open()
@@ -194,66 +193,10 @@ def check_batch_split(batch_size: int, world_size: int) -> None:
                                           f"pass a multiple of {world_size}")
 
 
-def _known_data(config: TrainConfig) -> Optional[TrainConfig]:
-    """``config`` with the shape and likelihood its data will have, where they are known before loading it."""
-    if config.data_shape is not None:
-        return config
-    if config.dataset not in DATASETS:
-        return None
-    registered = DATASETS[config.dataset]
-    kind = registered.kind if config.data_kind == "auto" else config.data_kind
-    likelihood = LIKELIHOOD_OF_KIND[kind] if config.likelihood == "auto" else config.likelihood
-    return dataclasses.replace(config, data_shape=registered.shape, likelihood=likelihood)
-
-
 def _check_step_memory(config: TrainConfig, device: torch.device, ranks: Ranks) -> None:
     """:func:`vae.step.check_step_memory` of one process's step (on CUDA, its share of the batch)."""
     per_process = dataclasses.replace(config, batch_size=config.batch_size // ranks.world_size)
     check_step_memory(per_process if device.type == "cuda" else config, device)
-
-
-def _load_data(config: TrainConfig, device: torch.device) -> Dataset:
-    """The run's dataset on ``device``: its splits as the run defines them (kind, held-out share, limit)."""
-    return load_dataset(config.dataset, config.data_dir, kind=config.data_kind, test_fraction=config.test_fraction,
-                        limit=config.limit, device=device)
-
-
-def resolve_data(config: TrainConfig, dataset: Dataset) -> TrainConfig:
-    """``config`` with what ``dataset`` is (its absolute path, kind, shape, held-out rows) and the likelihood
-    ``auto`` picks for it, once sure they fit: the facts the checkpoint records.
-
-    ``likelihood auto`` picks from the kind of data (:data:`vae.choices.LIKELIHOOD_OF_KIND`); dynamic
-    binarization belongs to the Bernoulli likelihood alone (:attr:`vae.config.TrainConfig.binarizes`). A
-    resumed run's recorded shape and rows must be the data's.
-
-    Raises:
-        vae.errors.ArgumentError: a likelihood that cannot fit the data, or data of another shape (or, with a
-            held-out split, another number of rows) than the run was trained on.
-    """
-    if config.data_shape is not None and tuple(config.data_shape) != dataset.shape:
-        raise ArgumentError("dataset", f": {config.dataset} holds examples of shape {dataset.shape}; the run was "
-                                       f"trained on {tuple(config.data_shape)}")
-    likelihood = LIKELIHOOD_OF_KIND[dataset.kind] if config.likelihood == "auto" else config.likelihood
-    check = make_likelihood(likelihood, math.prod(dataset.shape)).check
-    for name, split in (("train", dataset.train), ("test", dataset.test)):
-        check(split.data, f"{config.dataset} ({name} split, {dataset.kind})")
-    where = str(config.data_path) if config.data_path else config.dataset  # the path the run records: absolute
-    rows = dataset.split.get("rows")  # a held-out split's rows: the split is a function of them
-    if config.data_rows is not None and rows != config.data_rows:
-        raise ArgumentError("dataset", f": {config.dataset} holds {rows} rows; the run was trained on "
-                                       f"{config.data_rows}, and its test split was held out from them")
-    return dataclasses.replace(config, dataset=where, data_kind=dataset.kind, data_shape=dataset.shape,
-                               likelihood=likelihood, data_rows=rows)
-
-
-def _splits(config: TrainConfig, dataset: Dataset) -> tuple[ImageSplit, torch.Tensor]:
-    """The training split flattened to rows ``(N, P)`` (the hot path's layout) and the evaluation rows.
-
-    The evaluation rows are the test split, in the fixed binarization under ``binarize dynamic``.
-    """
-    train = ImageSplit(images=dataset.train.data.reshape(len(dataset.train), -1), labels=dataset.train.labels)
-    test = dataset.test.data.reshape(len(dataset.test), -1)  # (N, P)
-    return train, evaluation_images(test, "dynamic" if config.binarizes else "none")
 
 
 def _build_model(config: TrainConfig, train_data: ImageSplit, initial: Optional[dict], device: torch.device,
