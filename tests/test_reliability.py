@@ -428,7 +428,7 @@ def test_the_encoder_never_gives_a_singular_factor(weight_scale, input_scale, se
 # ---------------------------------------------------------------- 5. bad input
 
 FLAG_ERRORS = {
-    "unknown dataset": (["--dataset", "cifar10"], "--dataset"),
+    "unknown dataset": (["--dataset", "svhn"], "--dataset svhn: no such file or folder"),
     "unknown device": (["--device", "tpu"], "--device"),
     "zero epochs": (["--epochs", "0"], "--epochs"),
     "negative epochs": (["--epochs", "-3"], "--epochs"),

@@ -109,7 +109,7 @@ def _read(dataset: Union[str, os.PathLike], data_dir: Optional[str], request: Re
         if path.is_dir():
             return read_folder(path, name, request)
         if not path.exists():
-            raise DataError(f"{name}: no such file or folder, and not a dataset name ({names})")
+            raise DataError(f"`dataset` {name}: no such file or folder, and not a dataset name ({names})")
         reader = _FILE_READERS.get(path.suffix.lower())
         if reader is None or not path.is_file():
             raise DataError(f"{name}: an unknown kind of data ({path.suffix or 'no suffix'}); give a .npz, .npy, "
