@@ -16,7 +16,7 @@ import torch
 import vae
 from tests.conftest import run_cli
 from vae.config import TrainConfig
-from vae.data import held_out
+from vae.data import DataError, held_out
 from vae.errors import ArgumentError
 from vae.run.checkpoint import load_checkpoint, load_run
 from vae.training import train
@@ -173,6 +173,6 @@ def test_a_resume_or_an_evaluation_on_changed_data_is_refused(tmp_path):
     np.save(tmp_path / "rows.npy", np.concatenate([x, x[:10]]))
     result = run_cli("-m", "vae.evaluate", str(run / "best.pt"), "--k", "5", "--no-progress")
     one_line_usage_error(result, "250 rows", "240")
-    with pytest.raises(ArgumentError, match="holds 250 rows; the run was trained on 240"):
+    with pytest.raises(DataError, match="holds 250 rows; the run was trained on 240"):
         train(TrainConfig(dataset=str(tmp_path / "rows.npy"), out_dir=str(tmp_path), resume=True,
                           **{**TINY, "epochs": 3}), log=quiet)

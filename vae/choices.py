@@ -15,7 +15,8 @@ from pathlib import Path
 from vae.errors import ArgumentError
 
 __all__ = [
-    "Registered", "DATASETS", "FAMILIES", "DATA_KINDS", "LIKELIHOODS", "LIKELIHOOD_OF_KIND", "DIAG_TRANSFORMS", "DEVICES", "OBJECTIVES", "ESTIMATORS", "LR_SCHEDULES",
+    "Registered", "DATASETS", "FAMILIES", "DATA_KINDS", "LIKELIHOODS", "LIKELIHOOD_OF_KIND", "DIAG_TRANSFORMS",
+    "DEVICES", "OBJECTIVES", "ESTIMATORS", "LR_SCHEDULES",
     "BINARIZATIONS", "OUTPUT_BIASES", "FIT_OBJECTIVES", "FIT_OPTIMIZERS", "CHOICES", "NAME_MAX", "PATH_MAX",
     "PRETRAINED_DIR", "check_choice", "check_estimator", "check_path",
 ]
@@ -67,14 +68,16 @@ NAME_MAX, PATH_MAX = 255, 4095  # bytes in one file name and in a whole path (Li
 
 
 def check_choice(argument: str, value: object, choices: typing.Optional[typing.Sequence[str]] = None) -> None:
-    """Raise :class:`~vae.errors.ArgumentError` unless ``value`` is one of ``choices`` (default: ``CHOICES[argument]``)."""
+    """Raise :class:`~vae.errors.ArgumentError` unless ``value`` is one of ``choices`` (default:
+    ``CHOICES[argument]``)."""
     choices = CHOICES[argument] if choices is None else choices
     if value not in choices:
         raise ArgumentError(argument, f"must be one of {', '.join(choices)}, got {value!r}")
 
 
 def check_estimator(objective: str, k: int, estimator: str) -> None:
-    """Raise :class:`~vae.errors.ArgumentError` unless the gradient ``estimator`` is unbiased for ``objective`` at ``k``."""
+    """Raise :class:`~vae.errors.ArgumentError` unless the gradient ``estimator`` is unbiased for ``objective``
+    at ``k``."""
     check_choice("estimator", estimator)
     if estimator == "dreg" and objective != "iwae":
         raise ArgumentError("estimator", "dreg is for the iwae objective; the ELBO's doubly reparameterized "

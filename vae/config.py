@@ -16,7 +16,7 @@ from pathlib import Path
 
 from vae.choices import (
     BINARIZATIONS, DATASETS, DEVICES, DIAG_TRANSFORMS, ESTIMATORS, FAMILIES, LR_SCHEDULES, OBJECTIVES, OUTPUT_BIASES,
-    DATA_KINDS, LIKELIHOODS, PRETRAINED_DIR, check_choice, check_estimator, check_path,
+    DATA_KINDS, LIKELIHOOD_OF_KIND, LIKELIHOODS, PRETRAINED_DIR, check_choice, check_estimator, check_path,
 )
 from vae.errors import ArgumentError, flag
 
@@ -90,7 +90,7 @@ class TrainConfig:
                                     "standardized columns) or logistic (discretized, 8-bit); auto: from the "
                                     "kind of data", LIKELIHOOD_CHOICES)
     data_shape: typing.Optional[typing.Tuple[int, ...]] = _knob(
-        None, "one example's shape, (C, H, W) or (F,): recorded when a run starts (not a flag); None: (1, 28, 28)",
+        None, "one example's shape, (C, H, W) or (F,): recorded when a run starts (not a flag); None: MNIST's (shape)",
         flag=False)
     data_rows: typing.Optional[int] = _knob(
         None, "the rows of a source whose test split is held out, recorded when a run starts (not a flag): the "
@@ -163,7 +163,8 @@ class TrainConfig:
             self.data_shape = tuple(self.data_shape)
 
     def validate(self) -> None:
-        """Raise :class:`~vae.errors.ArgumentError` (a ``ValueError``) with a one-line message for any impossible value."""
+        """Raise :class:`~vae.errors.ArgumentError` (a ``ValueError``) with a one-line message for any impossible
+        value."""
         for name in ("latent_dim", "rank", "k", "epochs", "batch_size", "eval_batch_size", "eval_every"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
@@ -227,6 +228,15 @@ class TrainConfig:
     def data_path(self) -> typing.Optional[Path]:
         """``dataset`` as an absolute path, or None for a registered dataset's name."""
         return None if self.dataset in DATASETS else Path(os.path.abspath(os.path.expanduser(self.dataset)))
+
+    @property
+    def shape(self) -> typing.Tuple[int, ...]:
+        """One example's shape: ``data_shape``, or MNIST's for a config stored before runs recorded it."""
+        return self.data_shape or DATASETS["mnist"].shape
+
+    def likelihood_for(self, kind: str) -> str:
+        """The likelihood this run uses on data of ``kind``: ``likelihood``, or what ``auto`` picks for the kind."""
+        return LIKELIHOOD_OF_KIND[kind] if self.likelihood == "auto" else self.likelihood
 
     @property
     def binarizes(self) -> bool:

@@ -127,7 +127,7 @@ def _evaluate(args: argparse.Namespace) -> int:
               "threads": torch.get_num_threads()}
     bits = f"{result['bits_per_dim']:.4f} bits/dim  " if "bits_per_dim" in result else ""
     say(f"{args.split} -ELBO {result['neg_elbo']:.3f}  NLL (K={args.k}) {result['nll']:.3f} nats  {bits}"
-        f"[{len(images)} {'images' if len(config.data_shape or (1, 28, 28)) == 3 else 'rows'}, "
+        f"[{len(images)} {'images' if len(config.shape) == 3 else 'rows'}, "
         f"{result['seconds']:.0f}s]")
     write_text_atomic(out, json.dumps(result, indent=2) + "\n")  # a full disk: no partial JSON, an older one intact
     say(f"wrote {out}")

@@ -12,10 +12,9 @@ from typing import Optional
 
 import torch
 
-from vae.choices import DATASETS, LIKELIHOOD_OF_KIND
+from vae.choices import DATASETS
 from vae.config import TrainConfig
-from vae.data import Dataset, ImageSplit, evaluation_images, load_dataset
-from vae.errors import ArgumentError
+from vae.data import Dataset, ImageSplit, check_recorded, evaluation_rows, load_dataset
 from vae.model.likelihood import make_likelihood
 
 __all__ = ["known_data", "load_data", "resolve_data", "hot_splits"]
@@ -29,8 +28,7 @@ def known_data(config: TrainConfig) -> Optional[TrainConfig]:
         return None
     registered = DATASETS[config.dataset]
     kind = registered.kind if config.data_kind == "auto" else config.data_kind
-    likelihood = LIKELIHOOD_OF_KIND[kind] if config.likelihood == "auto" else config.likelihood
-    return dataclasses.replace(config, data_shape=registered.shape, likelihood=likelihood)
+    return dataclasses.replace(config, data_shape=registered.shape, likelihood=config.likelihood_for(kind))
 
 
 def load_data(config: TrainConfig, device: torch.device) -> Dataset:
@@ -48,23 +46,18 @@ def resolve_data(config: TrainConfig, dataset: Dataset) -> TrainConfig:
     resumed run's recorded shape and rows must be the data's.
 
     Raises:
-        vae.errors.ArgumentError: a likelihood that cannot fit the data, or data of another shape (or, with a
-            held-out split, another number of rows) than the run was trained on.
+        vae.data.DataError: data of another shape (or, with a held-out split, another number of rows) than
+            the run was trained on (:func:`vae.data.check_recorded`).
+        vae.errors.ArgumentError: a likelihood that cannot fit the data.
     """
-    if config.data_shape is not None and tuple(config.data_shape) != dataset.shape:
-        raise ArgumentError("dataset", f": {config.dataset} holds examples of shape {dataset.shape}; the run was "
-                                       f"trained on {tuple(config.data_shape)}")
-    likelihood = LIKELIHOOD_OF_KIND[dataset.kind] if config.likelihood == "auto" else config.likelihood
+    check_recorded(config, dataset)
+    likelihood = config.likelihood_for(dataset.kind)
     check = make_likelihood(likelihood, math.prod(dataset.shape)).check
     for name, split in (("train", dataset.train), ("test", dataset.test)):
         check(split.data, f"{config.dataset} ({name} split, {dataset.kind})")
     where = str(config.data_path) if config.data_path else config.dataset  # the path the run records: absolute
-    rows = dataset.split.get("rows")  # a held-out split's rows: the split is a function of them
-    if config.data_rows is not None and rows != config.data_rows:
-        raise ArgumentError("dataset", f": {config.dataset} holds {rows} rows; the run was trained on "
-                                       f"{config.data_rows}, and its test split was held out from them")
     return dataclasses.replace(config, dataset=where, data_kind=dataset.kind, data_shape=dataset.shape,
-                               likelihood=likelihood, data_rows=rows)
+                               likelihood=likelihood, data_rows=dataset.split.get("rows"))
 
 
 def hot_splits(config: TrainConfig, dataset: Dataset) -> tuple[ImageSplit, torch.Tensor]:
@@ -73,5 +66,4 @@ def hot_splits(config: TrainConfig, dataset: Dataset) -> tuple[ImageSplit, torch
     The evaluation rows are the test split, in the fixed binarization under ``binarize dynamic``.
     """
     train = ImageSplit(images=dataset.train.data.reshape(len(dataset.train), -1), labels=dataset.train.labels)
-    test = dataset.test.data.reshape(len(dataset.test), -1)  # (N, P)
-    return train, evaluation_images(test, "dynamic" if config.binarizes else "none")
+    return train, evaluation_rows(config, dataset.test.data)

@@ -34,7 +34,8 @@ from vae.run.signals import GracefulStop, TrainingInterrupted
 from vae.run.state import RunProgress, checkpoint_state, rng_state
 from vae.step import TrainStep, check_step_memory
 
-__all__ = ["DATA_SEED_OFFSET", "make_optimizer", "make_generators", "init_output_bias", "check_batch_split", "train", "run_training"]
+__all__ = ["DATA_SEED_OFFSET", "make_optimizer", "make_generators", "init_output_bias", "check_batch_split", "train",
+           "run_training"]
 
 DATA_SEED_OFFSET = 0x5EED  # the data generator's seed is the run's seed plus this
 

@@ -53,6 +53,8 @@ __all__ = [
     "held_out",
     "load_dataset",
     "run_split",
+    "check_recorded",
+    "evaluation_rows",
 ]
 
 _FILE_READERS = {".npz": read_npz, ".npy": read_npy, ".pt": read_pt, ".csv": read_csv}
@@ -179,14 +181,30 @@ def run_split(config, data_dir: Optional[str] = None, *, train: bool = False, li
     """
     dataset = load_dataset(config.dataset, resolve_data_dir(data_dir, config.data_dir),
                            kind=config.data_kind, test_fraction=config.test_fraction, device=device)
-    shape = tuple(config.data_shape or (1, 28, 28))  # a run stored before runs recorded their shape: MNIST
-    if dataset.shape != shape:
-        raise DataError(f"{config.dataset}: examples of shape {dataset.shape}, but the run was trained on {shape}; "
-                        "point `data_dir` (or the file) at the data it was trained on")
-    if config.data_rows is not None and dataset.split.get("rows") != config.data_rows:
-        raise DataError(f"{config.dataset}: {dataset.split.get('rows')} rows, but the run held its test split out "
-                        f"of {config.data_rows}; point `data_dir` (or the file) at the data it was trained on")
+    check_recorded(config, dataset)
     split = dataset.train if train else dataset.test
-    data, labels = split.data[:limit], None if split.labels is None else split.labels[:limit]
-    rows = data.reshape(len(data), -1)  # (N, P)
-    return evaluation_images(rows, "dynamic" if config.binarizes else "none"), labels, dataset
+    labels = None if split.labels is None else split.labels[:limit]
+    return evaluation_rows(config, split.data[:limit]), labels, dataset
+
+
+def check_recorded(config, dataset: Dataset) -> None:
+    """Refuse ``dataset`` unless it is what the run ``config`` recorded: its examples' shape and, for a
+    held-out split (a function of the rows), its number of rows. Nothing recorded (a new run): nothing to check.
+
+    Raises:
+        DataError: one line naming the data, what it holds and what the run was trained on.
+    """
+    hint = "point `data_dir` (or the file) at the data it was trained on"
+    if config.data_shape is not None and tuple(config.data_shape) != dataset.shape:
+        raise DataError(f"{config.dataset}: holds examples of shape {dataset.shape}; the run was trained on "
+                        f"{tuple(config.data_shape)}; {hint}")
+    rows = dataset.split.get("rows")
+    if config.data_rows is not None and rows != config.data_rows:
+        raise DataError(f"{config.dataset}: holds {rows} rows; the run was trained on {config.data_rows}, and its "
+                        f"test split was held out from them; {hint}")
+
+
+def evaluation_rows(config, data: torch.Tensor) -> torch.Tensor:
+    """A split ``(N, *shape)`` as the run ``config`` is scored on it: rows ``(N, P)``, in the fixed
+    binarization under dynamic binarization (:func:`evaluation_images`), else as they are."""
+    return evaluation_images(data.reshape(len(data), -1), "dynamic" if config.binarizes else "none")

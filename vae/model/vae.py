@@ -87,7 +87,8 @@ class VAE(nn.Module):
         self.in_dim = math.prod(self.data_shape)
         self.encoder = Encoder(self.in_dim, hidden, latent_dim, self._family.head_size(latent_dim, rank))
         self._family.init_head(self.encoder.scale_head, latent_dim, rank)
-        self.decoder = Decoder(latent_dim, tuple(reversed(hidden)), self.in_dim, make_likelihood(likelihood, self.in_dim))
+        self.decoder = Decoder(latent_dim, tuple(reversed(hidden)), self.in_dim,
+                               make_likelihood(likelihood, self.in_dim))
 
     @property
     def latent_dim(self) -> int:

@@ -143,16 +143,14 @@ def _torch_load(f, path: Path, map_location) -> Any:
 
 MODEL_FIELDS = ("latent_dim", "hidden", "posterior", "diag_transform", "rank", "data_shape", "likelihood")
 """The config fields that shape the VAE."""
-MNIST_SHAPE = (1, 28, 28)
-"""The data shape of a config that does not record one: stored before it was recorded, an MNIST run."""
 
 
 def model_fields(config: TrainConfig) -> dict[str, Any]:
     """The :data:`MODEL_FIELDS` of ``config`` as :class:`~vae.model.VAE` takes them (``rank`` only for the
     low-rank family). A config stored before runs recorded their data (an MNIST run) has
-    ``data_shape`` :data:`MNIST_SHAPE` and the Bernoulli likelihood."""
+    MNIST's shape (:attr:`~vae.config.TrainConfig.shape`) and the Bernoulli likelihood."""
     fields = {name: getattr(config, name) for name in MODEL_FIELDS if name != "rank" or config.posterior == "lowrank"}
-    fields["data_shape"] = config.data_shape or MNIST_SHAPE
+    fields["data_shape"] = config.shape
     fields["likelihood"] = "bernoulli" if config.likelihood == "auto" else config.likelihood
     return fields
 
