@@ -8,7 +8,7 @@
 An array or tensor is saved once into the run folder as ``data.npy`` and the run
 names it as its dataset, so that ``--resume``, ``python -m vae.evaluate``,
 ``vae.visualize`` and ``vae.gaps`` read the same numbers later. A path (or a
-dataset name) is used as it is. Everything else is :func:`vae.training.train`:
+dataset name) is used as it is. Everything else is the training of :func:`vae.training.train`:
 the same run folder, checkpoints, resume, lock and signals.
 """
 from __future__ import annotations
@@ -25,8 +25,9 @@ from vae.config import TrainConfig
 from vae.errors import ArgumentError
 from vae.run.checkpoint import load_model
 from vae.run.files import write_bytes_atomic
-from vae.run.lock import holding, lock_run_folder
-from vae.training import train
+from vae.run.folder import RunFolder
+from vae.run.lock import holding
+from vae.training import run_training
 
 __all__ = ["DATA_FILE", "fit"]
 
@@ -58,20 +59,23 @@ def fit(data: Union[torch.Tensor, np.ndarray, str, Path], log: Callable[[str], A
         raise ArgumentError("dataset", ": pass the data as fit's first argument")
     knobs.setdefault("progress", False)
     in_memory = isinstance(data, (torch.Tensor, np.ndarray))
-    config = TrainConfig(**knobs, dataset=str(data) if not in_memory else "data")
-    config.validate()
+    config = TrainConfig(**knobs, dataset=str(data) if not in_memory else Path(DATA_FILE).stem)
+    config.validate()  # where the knobs enter; the training below does not validate again
     with holding():
         if in_memory:
-            config = dataclasses.replace(config, dataset=str(_keep(data, config)))
-        run_dir = train(config, log=log, explicit=set(knobs) | {"dataset"})
+            config = _keep(data, config)
+        run_dir = run_training(config, log=log, explicit=set(knobs) | {"dataset"})
     return load_model(run_dir / "best.pt"), run_dir
 
 
-def _keep(data: Union[torch.Tensor, np.ndarray], config: TrainConfig) -> Path:
-    """``data`` saved as the run folder's ``data.npy`` (a new run), or checked against it (a resume)."""
+def _keep(data: Union[torch.Tensor, np.ndarray], config: TrainConfig) -> TrainConfig:
+    """``config`` naming the run folder's ``data.npy`` as its dataset, once ``data`` is saved there (a new
+    run: the folder opened as training opens it, :meth:`vae.run.folder.RunFolder.open`) or found equal to
+    it (a resume)."""
     array = (data.detach().cpu().numpy() if isinstance(data, torch.Tensor) else np.asarray(data))
-    run_dir = config.check_run_dir()
-    path = run_dir / DATA_FILE
+    path = config.check_run_dir() / DATA_FILE  # the run's name is the same with the file as its dataset
+    config = dataclasses.replace(config, dataset=str(path.resolve()))
+    run_dir = path.parent
     if config.resume:
         if not path.is_file():
             raise ArgumentError("resume", f": no {path}; resume with the data the run was trained on")
@@ -79,13 +83,9 @@ def _keep(data: Union[torch.Tensor, np.ndarray], config: TrainConfig) -> Path:
         if kept.shape != array.shape or kept.dtype != array.dtype or not np.array_equal(kept, array, equal_nan=True):
             raise ArgumentError("resume", f": {run_dir} was trained on other data (kept in {path}, "
                                           f"{kept.dtype} {kept.shape}; given {array.dtype} {array.shape})")
-        return path.resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock_run_folder(run_dir)
-    if (run_dir / "last.pt").is_file():
-        raise ArgumentError("run_name", f": {run_dir} already holds a run; pass `resume` to continue it or "
-                                        "choose another `run_name`")
+        return config
+    RunFolder(config).open()  # created and locked; refused if it already holds a run
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     write_bytes_atomic(path, buffer.getvalue())
-    return path.resolve()
+    return config
