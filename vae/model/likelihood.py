@@ -72,17 +72,8 @@ def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return _BernoulliLogProb.apply(logits, x.to(logits.dtype).unsqueeze(1))
 
 
-def _float_dtype(x: torch.Tensor) -> torch.dtype:
-    """float64 for float64 data, else float32 (integer, bool, bf16 and fp16 data)."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def _as_float(x: torch.Tensor) -> torch.Tensor:
-    return x.to(_float_dtype(x))
-
-
 def _span(x: torch.Tensor) -> str:
-    low, high = torch.aminmax(_as_float(x))
+    low, high = torch.aminmax(at_least_float32(x))
     return f"values from {low.item():.4g} to {high.item():.4g}"
 
 
@@ -112,7 +103,7 @@ class Likelihood(nn.Module):
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """The encoder's input from data ``x`` in their own units: at least float32, the shape of ``x``."""
-        return _as_float(x)
+        return at_least_float32(x)
 
     def fit_data(self, x_train: torch.Tensor) -> None:
         """Learn from the training split ``(N, P)`` what the likelihood needs before training (nothing, here)."""
@@ -224,7 +215,8 @@ class GaussianLikelihood(Likelihood):
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """The standardized ``(x - shift) / scale``, at least float32."""
-        return self._standardize(x, _float_dtype(x))
+        x = at_least_float32(x)
+        return self._standardize(x, x.dtype)
 
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         r"""log-density of the raw numbers ``x (N, P)`` under means ``params (N, K, P)`` -> ``(N, K)``, float32.
@@ -283,7 +275,7 @@ class DiscretizedLogisticLikelihood(Likelihood):
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """8-bit values 0..255 (uint8 or float) to ``x / 127.5 - 1`` in [-1, 1], at least float32."""
-        return _as_float(x) / 127.5 - 1
+        return at_least_float32(x) / 127.5 - 1
 
     def _split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, log_s = at_least_float32(params).chunk(2, -1)  # (..., P) each
