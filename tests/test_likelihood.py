@@ -15,7 +15,7 @@ from vae.model.likelihood import (
     LIKELIHOODS, LOG_SIGMA_MIN, BernoulliLikelihood, DiscretizedLogisticLikelihood, GaussianLikelihood,
     bernoulli_log_prob, make_likelihood,
 )
-from vae.model.networks import Decoder
+from vae.model.networks import MLPDecoder as Decoder
 from vae.run.checkpoint import load_model
 
 SCALES = torch.logspace(-3, 3, 7)  # column scales, 1e-3 to 1e3

@@ -16,7 +16,7 @@ from vae.errors import ArgumentError
 
 __all__ = [
     "Registered", "DATASETS", "FAMILIES", "DATA_KINDS", "LIKELIHOODS", "LIKELIHOOD_OF_KIND", "DIAG_TRANSFORMS",
-    "DEVICES", "OBJECTIVES", "ESTIMATORS", "LR_SCHEDULES",
+    "DEVICES", "ARCHS", "OBJECTIVES", "ESTIMATORS", "LR_SCHEDULES",
     "BINARIZATIONS", "OUTPUT_BIASES", "FIT_OBJECTIVES", "FIT_OPTIMIZERS", "CHOICES", "NAME_MAX", "PATH_MAX",
     "PRETRAINED_DIR", "check_choice", "check_estimator", "check_path",
 ]
@@ -53,6 +53,7 @@ ESTIMATORS = ("reparam", "stl", "dreg")
 LR_SCHEDULES = ("constant", "burda", "cosine")
 BINARIZATIONS = ("dynamic", "none")
 OUTPUT_BIASES = ("mean", "default")
+ARCHS = ("mlp", "conv")  # the networks, vae.model.networks
 FIT_OBJECTIVES = ("mse", "nll")  # the covariance learner's, vae.toy
 FIT_OPTIMIZERS = ("auto", "adam", "lbfgs")
 
@@ -60,7 +61,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "posterior": tuple(FAMILIES), "family": tuple(FAMILIES),
     "diag_transform": DIAG_TRANSFORMS, "device": DEVICES, "objective": OBJECTIVES, "estimator": ESTIMATORS,
     "lr_schedule": LR_SCHEDULES, "binarize": BINARIZATIONS, "output_bias": OUTPUT_BIASES, "data_kind": DATA_KINDS,
-    "likelihood": tuple(LIKELIHOODS),
+    "likelihood": tuple(LIKELIHOODS), "arch": ARCHS,
 }
 """Argument name -> its choices, for the arguments whose choices are the same wherever they appear."""
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vae.choices import (
-    BINARIZATIONS, DATASETS, DEVICES, DIAG_TRANSFORMS, ESTIMATORS, FAMILIES, LR_SCHEDULES, OBJECTIVES, OUTPUT_BIASES,
+    ARCHS, BINARIZATIONS, DATASETS, DEVICES, DIAG_TRANSFORMS, ESTIMATORS, FAMILIES, LR_SCHEDULES, OBJECTIVES, OUTPUT_BIASES,
     DATA_KINDS, LIKELIHOOD_OF_KIND, LIKELIHOODS, PRETRAINED_DIR, check_choice, check_estimator, check_path,
 )
 from vae.errors import ArgumentError, flag
@@ -29,6 +29,8 @@ __all__ = [
 # run of docs/results.md; flags given beside it override the preset's values.
 _RESULTS = dict(dataset="mnist", hidden=(300, 300), latent_dim=32, batch_size=128, lr=1e-3, adam_eps=1e-4,
                 lr_schedule="cosine", kl_warmup=50, output_bias="mean", epochs=600, seed=0)
+_CONV = {**_RESULTS, "arch": "conv", "channels": (32, 64), "hidden": (256,), "epochs": 150, "kl_warmup": 10,
+         "amp": True}
 PRESETS: dict[str, dict] = {
     "results-vae-full": {**_RESULTS, "posterior": "full", "run_name": "results-vae-full"},
     "results-vae-diagonal": {**_RESULTS, "posterior": "diagonal", "run_name": "results-vae-diagonal"},
@@ -36,6 +38,13 @@ PRESETS: dict[str, dict] = {
     "results-iwae-full": {**_RESULTS, "posterior": "full", "objective": "iwae", "k": 50, "estimator": "dreg",
                           "init_from": str(PRETRAINED_DIR / "vae-full.pt"), "epochs": 10, "lr": 3e-4,
                           "kl_warmup": 0, "run_name": "results-iwae-full"},
+    # the same fine-tune from the shipped diagonal VAE
+    "results-iwae-diagonal": {**_RESULTS, "posterior": "diagonal", "objective": "iwae", "k": 50, "estimator": "dreg",
+                              "init_from": str(PRETRAINED_DIR / "vae-diagonal.pt"), "epochs": 10, "lr": 3e-4,
+                              "kl_warmup": 0, "run_name": "results-iwae-diagonal"},
+    # convolutional networks (docs/results.md): 150 epochs of bf16 on one CPU thread
+    "results-conv-full": {**_CONV, "posterior": "full", "run_name": "results-conv-full"},
+    "results-conv-diagonal": {**_CONV, "posterior": "diagonal", "run_name": "results-conv-diagonal"},
 }
 
 
@@ -99,7 +108,12 @@ class TrainConfig:
     binarize: str = _knob("dynamic", "bernoulli likelihood: fresh Bernoulli pixels every batch, or raw intensities",
                           BINARIZATIONS)
     latent_dim: int = _knob(20, "latent dimension D")
-    hidden: typing.Tuple[int, ...] = _knob((400,), "hidden widths of encoder and decoder, e.g. --hidden 500 500")
+    hidden: typing.Tuple[int, ...] = _knob((400,), "hidden widths of encoder and decoder, e.g. --hidden 500 500 "
+                                                   "(conv: the dense layers between the convolutions and the heads)")
+    arch: str = _knob("mlp", "the networks: MLPs, or stride-2 convolutions (images only; docs/training.md)", ARCHS)
+    channels: typing.Tuple[int, ...] = _knob(
+        (32, 64), "conv: channels of the encoder's stride-2 4x4 convolutions, one per layer; the decoder mirrors them"
+    )
     posterior: str = _knob("full", "posterior family: full Cholesky factor, diagonal, or low rank plus diagonal",
                            tuple(FAMILIES))
     rank: int = _knob(2, "rank R of the lowrank posterior's factor W (Sigma = W W^T + diag(d))")
@@ -161,6 +175,8 @@ class TrainConfig:
             self.hidden = tuple(self.hidden)  # a stored list, or the flag's; anything else fails validate()
         if isinstance(self.data_shape, list) and all(_is_int(n) for n in self.data_shape):
             self.data_shape = tuple(self.data_shape)
+        if isinstance(self.channels, list) and all(_is_int(n) for n in self.channels):
+            self.channels = tuple(self.channels)
 
     def validate(self) -> None:
         """Raise :class:`~vae.errors.ArgumentError` (a ``ValueError``) with a one-line message for any impossible
@@ -212,9 +228,11 @@ class TrainConfig:
         if self.data_shape is not None and (not isinstance(self.data_shape, tuple) or len(self.data_shape) not in (1, 3)
                                             or not all(_is_int(n) and n >= 1 for n in self.data_shape)):
             raise ArgumentError("data_shape", f"must be (C, H, W) or (F,) of positive sizes, got {self.data_shape!r}")
-        if not isinstance(self.hidden, tuple) or not self.hidden or any(h < 1 for h in self.hidden):
-            shown = list(self.hidden) if isinstance(self.hidden, tuple) else self.hidden
-            raise ArgumentError("hidden", f"must list positive widths, got {shown!r}")
+        for name in ("hidden", "channels"):
+            widths = getattr(self, name)
+            if not isinstance(widths, tuple) or not widths or any(not _is_int(h) or h < 1 for h in widths):
+                shown = list(widths) if isinstance(widths, tuple) else widths
+                raise ArgumentError(name, f"must list positive widths, got {shown!r}")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)

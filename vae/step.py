@@ -47,6 +47,7 @@ from vae.devices import device_memory
 from vae.errors import ArgumentError
 from vae.model import FAMILIES, VAE
 from vae.model.likelihood import LIKELIHOODS
+from vae.model.networks import NETWORKS
 from vae.model.objectives import training_loss
 from vae.run.checkpoint import model_fields
 from vae.run.distributed import Ranks, current
@@ -173,27 +174,26 @@ def _step_memory_parts(config) -> tuple[int, int]:
     """``(fixed, per_image)`` bytes of one training step: ``fixed + batch_size * per_image`` is the estimate.
 
     Fixed: the parameters, their gradients and Adam's two moments, 4 float32 copies of every weight,
-    the scale head's ``hidden[-1] x head`` included (head: D(D+1)/2 raw entries for the full family,
+    counted on a model built on the meta device, the scale head's ``hidden[-1] x head`` included (head: D(D+1)/2 raw entries for the full family,
     D for the diagonal, D(R+1) for the low-rank). Per image: the encoder's activations and their
     gradients, the raw head, and 4 copies of the family's factor (the full family's (D, D) L, its
     gradient and the triangular solves' temporaries); and per draw (``k`` of them) the likelihood's
     float32 parameters, their loss terms and gradients (3 values per output; a two-parameter likelihood
-    has twice the outputs) and the decoder's activations and gradients (2 x the hidden widths):
+    has twice the outputs) and the decoder's activations and gradients (2 x its hidden activations,
+    :meth:`vae.model.networks.MLPNetworks.activations`):
     measured peaks on the CPU were 2,374 to 3,449 floats per draw for MNIST and hidden 16 to 500-500,
     against 2,390 to 4,544 here. The test set is not counted.
     """
     model = model_fields(config)
-    dim, hidden, rank = config.latent_dim, tuple(config.hidden), config.rank
+    dim, rank = config.latent_dim, config.rank
     family = FAMILIES[config.posterior]  # each family sizes its own raw head and factor
     head, factor = family.head_size(dim, rank), family.factor_size(dim, rank)
-    inputs = math.prod(model["data_shape"])
-    outputs = inputs * LIKELIHOODS[model["likelihood"]].params_per_pixel
-    encoder = (inputs, *hidden)
-    decoder = (dim, *reversed(hidden), outputs)
-    params = sum((a + 1) * b for a, b in zip(encoder, encoder[1:])) + (hidden[-1] + 1) * (dim + head)
-    params += sum((a + 1) * b for a, b in zip(decoder, decoder[1:]))
-    per_draw = 3 * outputs + 2 * sum(hidden) + 3 * dim
-    per_image = 2 * (2 * sum(hidden) + dim + head) + 4 * factor + config.k * per_draw
+    outputs = math.prod(model["data_shape"]) * LIKELIHOODS[model["likelihood"]].params_per_pixel
+    with torch.device("meta"):  # the exact weights of any network, none allocated
+        params = sum(p.numel() for p in VAE(**model).parameters())
+    encoder, decoder = NETWORKS[config.arch].activations(model["data_shape"], config.hidden, config.channels)
+    per_draw = 3 * outputs + 2 * decoder + 3 * dim
+    per_image = 2 * (2 * encoder + dim + head) + 4 * factor + config.k * per_draw
     return 4 * 4 * params, 4 * per_image
 
 

@@ -59,7 +59,7 @@ def init_output_bias(model: VAE, x: torch.Tensor) -> None:
     Args:
         model: the VAE; x: the training split ``(N, P)`` in the data's own units.
     """
-    model.likelihood.init_bias(model.decoder.head.bias, x)
+    model.likelihood.init_bias(model.decoder.output_bias, x)
 
 
 def train(config: TrainConfig, log=print, explicit: Optional[Iterable[str]] = None) -> Path:

@@ -1,7 +1,8 @@
 r"""The VAE: encoder -> a posterior family's q(z|x) -> z = loc + factor(eps) -> decoder -> likelihood.
 
-Data of any shape, rows ``(N, F)`` or images ``(N, C, H, W)``: the MLPs see each
-example flattened, and the public methods take and give the data's own shape.
+Data of any shape, rows ``(N, F)`` or images ``(N, C, H, W)``, through MLPs or (images)
+convolutional networks (:mod:`vae.model.networks`); the public methods take and give the data's
+own shape.
 
 The encoder's scale head emits a family's raw entries (:mod:`vae.model.posteriors`:
 ``full``, ``diagonal`` or ``lowrank``); the family turns them into its factors,
@@ -9,7 +10,7 @@ through the one map of :mod:`vae.cholesky`. Everything after that (draws, KL,
 log-densities) is the family's own code, so nothing here branches on it.
 
 The covariance maths runs in float32 even inside an autocast region; only the
-MLPs run in reduced precision.
+networks run in reduced precision.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from torch import nn
 from vae.cholesky import at_least_float32
 from vae.choices import check_choice
 from vae.model.likelihood import make_likelihood
-from vae.model.networks import Decoder, Encoder
+from vae.model.networks import NETWORKS
 from vae.model.posteriors import FAMILIES, GaussianPosterior
 
 __all__ = ["OFFDIAG_SCALE", "VAE", "Draw"]
@@ -66,16 +67,21 @@ class VAE(nn.Module):
         rank: R, the columns of the low-rank family's W (ignored by the others).
         likelihood: p(x|z), ``"bernoulli"``, ``"gaussian"`` or ``"logistic"`` (:mod:`vae.model.likelihood`).
         in_dim: the old spelling of ``data_shape=(in_dim,)``, for rows.
+        arch: the networks (:mod:`vae.model.networks`), ``"mlp"`` or ``"conv"`` (images only).
+        channels: ``conv``: the channels of the encoder's stride-2 convolutions, one per layer (the
+            decoder mirrors them); ``hidden`` are then the dense widths between them and the heads.
     """
 
     def __init__(
         self, latent_dim: int = 20, hidden: Sequence[int] = (400,), posterior: str = "full",
         diag_transform: str = "softplus", data_shape: Sequence[int] = (1, 28, 28), rank: int = 2,
-        likelihood: str = "bernoulli", in_dim: Optional[int] = None,
+        likelihood: str = "bernoulli", in_dim: Optional[int] = None, arch: str = "mlp",
+        channels: Sequence[int] = (32, 64),
     ):
         super().__init__()
         check_choice("posterior", posterior)
         check_choice("likelihood", likelihood)
+        check_choice("arch", arch)
         self.family = posterior
         self.rank = rank
         self._family = FAMILIES[posterior]
@@ -85,10 +91,11 @@ class VAE(nn.Module):
         self.register_buffer("offdiag_scale", torch.tensor(OFFDIAG_SCALE), persistent=False)
         self.data_shape = (in_dim,) if in_dim is not None else tuple(int(n) for n in data_shape)
         self.in_dim = math.prod(self.data_shape)
-        self.encoder = Encoder(self.in_dim, hidden, latent_dim, self._family.head_size(latent_dim, rank))
+        self.arch = arch
+        self.encoder, self.decoder = NETWORKS[arch].build(
+            self.data_shape, tuple(hidden), tuple(channels), latent_dim, self._family.head_size(latent_dim, rank),
+            make_likelihood(likelihood, self.in_dim))
         self._family.init_head(self.encoder.scale_head, latent_dim, rank)
-        self.decoder = Decoder(latent_dim, tuple(reversed(hidden)), self.in_dim,
-                               make_likelihood(likelihood, self.in_dim))
 
     @property
     def latent_dim(self) -> int:

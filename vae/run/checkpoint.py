@@ -141,15 +141,17 @@ def _torch_load(f, path: Path, map_location) -> Any:
         raise CheckpointError(f"{path}: truncated or corrupted checkpoint ({type(err).__name__})") from None
 
 
-MODEL_FIELDS = ("latent_dim", "hidden", "posterior", "diag_transform", "rank", "data_shape", "likelihood")
+MODEL_FIELDS = ("latent_dim", "hidden", "posterior", "diag_transform", "rank", "data_shape", "likelihood", "arch",
+                "channels")
 """The config fields that shape the VAE."""
 
 
 def model_fields(config: TrainConfig) -> dict[str, Any]:
     """The :data:`MODEL_FIELDS` of ``config`` as :class:`~vae.model.VAE` takes them (``rank`` only for the
-    low-rank family). A config stored before runs recorded their data (an MNIST run) has
+    low-rank family, ``channels`` only for ``arch conv``). A config stored before runs recorded their data (an MNIST run) has
     MNIST's shape (:attr:`~vae.config.TrainConfig.shape`) and the Bernoulli likelihood."""
-    fields = {name: getattr(config, name) for name in MODEL_FIELDS if name != "rank" or config.posterior == "lowrank"}
+    unused = {"rank": config.posterior != "lowrank", "channels": config.arch != "conv"}
+    fields = {name: getattr(config, name) for name in MODEL_FIELDS if not unused.get(name)}
     fields["data_shape"] = config.shape
     fields["likelihood"] = "bernoulli" if config.likelihood == "auto" else config.likelihood
     return fields
