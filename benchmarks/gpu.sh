@@ -12,6 +12,7 @@
 #   speed-*     the results architecture (784-300-300-32, full, batch 128, --compile): seconds per epoch
 #               with the test bound and checkpoints every epoch, and with --eval-every 20
 #   tf32        the same eager epoch in float32 and with TF32 matmuls (TORCH_ALLOW_TF32_CUBLAS_OVERRIDE)
+#   conv        the conv preset's network (--arch conv, channels_last, bf16): 3 epochs of 10,000 images
 #   throughput  the classic PyTorch example against ours, one epoch each
 #
 # Each stage has its own time limit and the whole a budget (GPU_CHECK_BUDGET, default 520 s): a stage
@@ -147,6 +148,10 @@ section "TF32 (eager)" "$(for mode in float32 tf32; do
   echo "- $mode: epochs 2 and 3 took $(grep -E '^epoch +[23] ' "$out/logs/tf32-$mode.log" | awk '{print $NF}' |
     paste -sd' '); $(grep -E '^epoch +3 ' "$out/logs/tf32-$mode.log" | grep -o 'test -ELBO *[0-9.]*') after epoch 3"
   done)"
+# -- the convolutional networks: the conv preset's network (channels_last, bf16 on CUDA) for 3 short epochs
+stage conv 60 python3 train.py "${common[@]}" --preset results-conv-full "${data[@]}" --epochs 3 --kl-warmup 1 \
+  ${quick:+--no-amp --channels 8 16 --hidden 32} --run-name conv
+section "conv (--preset results-conv-full, 3 epochs)" "$(grep -E '^precision|^epoch|error' "$out/logs/conv.log")"
 stage throughput 60 python3 benchmarks/throughput.py --device "$device" --latent-dims 20 --posteriors full diagonal \
   --no-results-arch --repeats 1 ${quick:+--limit 2000}
 section throughput "$(grep -E '^\||^- |^plain' "$out/logs/throughput.log")"

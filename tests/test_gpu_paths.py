@@ -86,9 +86,11 @@ def test_the_gpu_check_dry_runs_on_the_cpu_and_reports_every_stage(tmp_path):
     table = summary.split("| stage | exit | time |")[1].split("\n## ")[0]
     stages = {row.split("|")[1].strip(): row.split("|")[2].strip() for row in table.splitlines()[2:] if row}
     assert list(stages) == ["tests", "matrix", "resume", "ddp", "speed-eval-every-1", "speed-eval-every-3",
-                            "tf32-float32", "tf32-tf32", "throughput"], summary
+                            "tf32-float32", "tf32-tf32", "conv", "throughput"], summary
     assert all(code == "0" for code in stages.values()), summary
     matrix = [row for row in summary.split("## matrix")[1].split("\n## ")[0].splitlines() if row.startswith("| ")]
     settings = [row.split("|")[1:4] for row in matrix[1:]]
     assert len(settings) in (6, 12) and all(" ok " in row for row in matrix[1:]), summary  # 6: no native bf16
     assert "difference" in summary.split("## resume")[1] and "eval every 3" in summary
+    conv = summary.split("## conv")[1].split("\n## ")[0]
+    assert conv.count("\nepoch ") == 3 and "error" not in conv, summary
