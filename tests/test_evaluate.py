@@ -140,9 +140,13 @@ def test_each_shipped_model_loads_with_its_config_metrics_and_evaluation(name):
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [m["epoch"] for m in state["metrics"]]
     assert float(rows[-1]["test_neg_elbo"]) == pytest.approx(state["metrics"][-1]["test_neg_elbo"])
-    saved = json.loads((PRETRAINED_DIR / f"{stem}-eval-test-k5000.json").read_text())
+    evaluations = sorted(PRETRAINED_DIR.glob(f"{stem}-eval-test-k5000*.json"))
+    assert [p.name for p in evaluations] in ([f"{stem}-eval-test-k5000.json"],
+                                             [f"{stem}-eval-test-k5000-limit2000.json"])
+    saved = json.loads(evaluations[0].read_text())
     assert saved["checkpoint"] == path.relative_to(REPO).as_posix()  # no machine path
-    assert saved["k"] == 5000 and saved["images"] == 10000 and saved["split"] == "test"
+    assert saved["k"] == 5000 and saved["split"] == "test"
+    assert saved["images"] == (2000 if evaluations[0].stem.endswith("limit2000") else 10000)
     assert 70 < saved["nll"] < saved["neg_elbo"] < 120
 
 
@@ -150,19 +154,24 @@ def test_each_shipped_model_loads_with_its_config_metrics_and_evaluation(name):
 def test_each_shipped_model_computes_what_it_computed_when_it_was_trained(name, real_data):
     """The redesign moved code, not results: the per-epoch test bound (fixed noise) matches the stored one."""
     from vae.data import evaluation_images, load_split
+    from vae.devices import native_bf16
     from vae.epoch import evaluate
 
     model = load_model(PRETRAINED_DIR / name)
     state = load_checkpoint(PRETRAINED_DIR / name)
     images = evaluation_images(load_split("mnist", str(real_data), train=False).images, "dynamic")
-    test = evaluate(model, images)
-    assert test["test_neg_elbo"] == pytest.approx(state["metrics"][-1]["test_neg_elbo"], abs=2e-3)
-    assert test["test_kl"] == pytest.approx(state["metrics"][-1]["test_kl"], abs=2e-3)
+    amp = state["config"].get("amp", False)  # a run's per-epoch test bound follows its --amp
+    test = evaluate(model, images, amp=amp and native_bf16() is not None)
+    # bf16 kernels round by the CPU's vector units: the stored bound is only this machine's to the bit
+    tolerance = 2e-3 if not amp else 0.05
+    assert test["test_neg_elbo"] == pytest.approx(state["metrics"][-1]["test_neg_elbo"], abs=tolerance)
+    assert test["test_kl"] == pytest.approx(state["metrics"][-1]["test_kl"], abs=tolerance)
 
 
 def test_the_default_model_is_the_best_shipped_one_and_evaluates(real_data, tmp_path):
+    whole = [name for name in SHIPPED_MODELS if (PRETRAINED_DIR / f"{name[:-3]}-eval-test-k5000.json").is_file()]
     nll = {name: json.loads((PRETRAINED_DIR / f"{name[:-3]}-eval-test-k5000.json").read_text())["nll"]
-           for name in SHIPPED_MODELS}
+           for name in whole}  # the models evaluated on the whole test set
     assert PRETRAINED.name == min(nll, key=nll.get)
     out = tmp_path / "eval.json"
     result = run_cli("-m", "vae.evaluate", "--k", "20", "--limit", "200", "--no-progress",

@@ -181,17 +181,26 @@ def test_bad_recipe_flags_are_one_line(tmp_path, flags, message):
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
 
 
-def test_the_iwae_preset_reproduces_the_shipped_iwae_run():
+@pytest.mark.parametrize("name,preset", [("iwae-full.pt", "results-iwae-full"),
+                                         ("iwae-diagonal.pt", "results-iwae-diagonal"),
+                                         ("conv-full.pt", "results-conv-full"),
+                                         ("conv-diagonal.pt", "results-conv-diagonal")])
+def test_each_preset_reproduces_its_shipped_run(name, preset):
     """Every field that shapes the model or its training is the preset's; only where it ran differs."""
     from vae.run.checkpoint import PRETRAINED_DIR, load_checkpoint
 
-    stored = load_checkpoint(PRETRAINED_DIR / "iwae-full.pt")["config"]
-    preset = preset_config({"preset": "results-iwae-full"})
-    where = {"init_from", "out_dir", "resume", "progress", "preset", "hidden"}  # hidden: a list in JSON
-    assert list(stored["hidden"]) == list(preset.hidden)
+    stored = load_checkpoint(PRETRAINED_DIR / name)["config"]
+    config = preset_config({"preset": preset})
+    where = {"init_from", "out_dir", "resume", "progress", "preset", "threads",  # where and how it ran
+             "dataset", "data_kind", "data_shape", "likelihood",  # what the run recorded of its data
+             "hidden", "channels"}  # lists in JSON, compared below
+    assert list(stored["hidden"]) == list(config.hidden)
+    if config.arch == "conv":
+        assert list(stored["channels"]) == list(config.channels)
     assert {k: v for k, v in stored.items() if k not in where} == {
-        k: v for k, v in dataclasses.asdict(preset).items() if k not in where and k in stored}
-    assert Path(stored["init_from"]).name == Path(preset.init_from).name == "vae-full.pt"
+        k: v for k, v in dataclasses.asdict(config).items() if k not in where and k in stored}
+    if config.init_from:
+        assert Path(stored["init_from"]).name == Path(config.init_from).name
 
 
 def test_eval_every_tests_and_saves_every_nth_epoch_and_the_last_and_trains_alike(fake_mnist, tmp_path, monkeypatch):
