@@ -73,7 +73,7 @@ def rate(config: TrainConfig, images: torch.Tensor, steps: int, layout: torch.me
 
 @contextlib.contextmanager
 def _layout(layout: torch.memory_format):
-    """Within it, ``Tensor.contiguous(memory_format=channels_last)`` keeps ``layout`` instead (the A/B of the layout)."""
+    """Within it, ``Tensor.contiguous(memory_format=channels_last)`` keeps ``layout`` instead (the layout's A/B)."""
     if layout == torch.channels_last:
         yield
         return
@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                 dict(arch="conv", channels=tuple(args.channels), hidden=tuple(args.hidden))}
     precisions = [False, True] if native_bf16() else [False]
     print(f"{torch.__version__}, {args.threads} thread(s), native bf16: {native_bf16()}")
-    print("| network | posterior | MFLOPs / training image | MFLOPs / decoder pass | step | layout | img/s | s / epoch |")
+    print("| network | posterior | MFLOPs / training image | MFLOPs / decoder pass | step | layout | img/s "
+          "| s / epoch |")
     print("|---|---|---|---|---|---|---|---|")
     for name, fields in nets.items():
         for posterior in ("full", "diagonal"):

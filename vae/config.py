@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vae.choices import (
-    ARCHS, BINARIZATIONS, DATASETS, DEVICES, DIAG_TRANSFORMS, ESTIMATORS, FAMILIES, LR_SCHEDULES, OBJECTIVES, OUTPUT_BIASES,
-    DATA_KINDS, LIKELIHOOD_OF_KIND, LIKELIHOODS, PRETRAINED_DIR, check_choice, check_estimator, check_path,
+    ARCHS, BINARIZATIONS, DATASETS, DEVICES, DIAG_TRANSFORMS, ESTIMATORS, FAMILIES, LR_SCHEDULES, OBJECTIVES,
+    OUTPUT_BIASES, DATA_KINDS, LIKELIHOOD_OF_KIND, LIKELIHOODS, PRETRAINED_DIR, check_choice, check_estimator,
+    check_path,
 )
 from vae.errors import ArgumentError, flag
 

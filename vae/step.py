@@ -174,9 +174,9 @@ def _step_memory_parts(config) -> tuple[int, int]:
     """``(fixed, per_image)`` bytes of one training step: ``fixed + batch_size * per_image`` is the estimate.
 
     Fixed: the parameters, their gradients and Adam's two moments, 4 float32 copies of every weight,
-    counted on a model built on the meta device, the scale head's ``hidden[-1] x head`` included (head: D(D+1)/2 raw entries for the full family,
-    D for the diagonal, D(R+1) for the low-rank). Per image: the encoder's activations and their
-    gradients, the raw head, and 4 copies of the family's factor (the full family's (D, D) L, its
+    counted on a model built on the meta device, the scale head's ``hidden[-1] x head`` included (head:
+    D(D+1)/2 raw entries for the full family, D for the diagonal, D(R+1) for the low-rank). Per image: the
+    encoder's activations and their gradients, the raw head, and 4 copies of the family's factor (the full family's (D, D) L, its
     gradient and the triangular solves' temporaries); and per draw (``k`` of them) the likelihood's
     float32 parameters, their loss terms and gradients (3 values per output; a two-parameter likelihood
     has twice the outputs) and the decoder's activations and gradients (2 x its hidden activations,

@@ -152,8 +152,8 @@ MODEL_FIELDS = ("latent_dim", "hidden", "posterior", "diag_transform", "rank", "
 
 def model_fields(config: TrainConfig) -> dict[str, Any]:
     """The :data:`MODEL_FIELDS` of ``config`` as :class:`~vae.model.VAE` takes them (``rank`` only for the
-    low-rank family, ``channels`` only for ``arch conv``). A config stored before runs recorded their data (an MNIST run) has
-    MNIST's shape (:attr:`~vae.config.TrainConfig.shape`) and the Bernoulli likelihood."""
+    low-rank family, ``channels`` only for ``arch conv``). A config stored before runs recorded their data
+    (an MNIST run) has MNIST's shape (:attr:`~vae.config.TrainConfig.shape`) and the Bernoulli likelihood."""
     unused = {"rank": config.posterior != "lowrank", "channels": config.arch != "conv"}
     fields = {name: getattr(config, name) for name in MODEL_FIELDS if not unused.get(name)}
     fields["data_shape"] = config.shape
